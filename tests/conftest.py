@@ -1,0 +1,36 @@
+"""Session-wide test set-up.
+
+Airflow reads its configuration when first imported, so the environment is fixed here, before any
+test module can import it: a private AIRFLOW_HOME and SQLite database per test session, no examples,
+and this repository's ``dags/`` folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-pseudo-tests-"))
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    }
+)
+os.environ.pop("AIRFLOW_PSEUDO_KEY", None)
+
+import pytest  # noqa: E402
+
+TEST_KEY = b"airflow-pseudo test key, never use in production"
+
+
+@pytest.fixture
+def key_bytes() -> bytes:
+    """A fixed project key, so pseudonyms are reproducible across test runs."""
+    return TEST_KEY
