@@ -1,0 +1,279 @@
+"""Batches: many files in, exactly one result record out per file, bad files quarantined.
+
+A bad file never stops the others: every per-file error becomes a ``failed`` record with a reason
+that names no DICOM value, and a copy of the input goes to the quarantine folder with the reason
+beside it. ``workers > 1`` spreads files over processes; records come back in input order and are
+the same as with one worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path, PurePath
+from typing import Any, TypeVar
+
+from airflow_pseudo.pseudonymisation.errors import PseudonymisationError
+from airflow_pseudo.pseudonymisation.files import (
+    check_not_inside,
+    iter_files,
+    read_dataset,
+    safe_join,
+    sniff_dicom,
+    uid_relpath,
+    write_atomically,
+)
+from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
+from airflow_pseudo.pseudonymisation.settings import Settings
+from airflow_pseudo.pseudonymisation.validation import validate_file
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+Progress = Callable[[Any], None]
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def default_output_dir(input_dir: PathLike) -> Path:
+    """The sibling folder ``<input>-pseudonymised``: never inside the input."""
+    path = Path(input_dir).resolve()
+    return path.with_name(path.name + "-pseudonymised")
+
+
+def default_quarantine_dir(output_dir: PathLike) -> Path:
+    """The sibling folder ``<output>-quarantine``: failed inputs never mix with outputs."""
+    path = Path(output_dir).resolve()
+    return path.with_name(path.name + "-quarantine")
+
+
+def pseudonymise_directory(
+    input_dir: PathLike,
+    output_dir: PathLike | None = None,
+    *,
+    settings: Settings,
+    quarantine_dir: PathLike | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> list[FileResult]:
+    """Pseudonymise every file below ``input_dir`` (recursive, sorted, DICOM by content)."""
+    if not Path(input_dir).is_dir():
+        raise FileNotFoundError(f"no such input folder: {input_dir}")
+    output = Path(output_dir) if output_dir is not None else default_output_dir(input_dir)
+    files = list(iter_files(input_dir))
+    return pseudonymise_files(
+        files,
+        output,
+        settings=settings,
+        input_root=input_dir,
+        quarantine_dir=quarantine_dir,
+        workers=workers,
+        progress=progress,
+    )
+
+
+def pseudonymise_files(
+    files: Iterable[PathLike],
+    output_dir: PathLike,
+    *,
+    settings: Settings,
+    input_root: PathLike | None = None,
+    quarantine_dir: PathLike | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> list[FileResult]:
+    """Pseudonymise ``files`` into ``output_dir``; one :class:`FileResult` per file, in order.
+
+    :raises ConfigurationError: for unusable settings or an output inside the input folder.
+    """
+    settings.check()
+    quarantine = Path(quarantine_dir) if quarantine_dir else default_quarantine_dir(output_dir)
+    if input_root is not None:
+        check_not_inside(output_dir, input_root, "output")
+        check_not_inside(quarantine, input_root, "quarantine")
+    job = _FileJob(
+        Path(output_dir).resolve(),
+        quarantine.resolve(),
+        Path(input_root).resolve() if input_root else None,
+    )
+    paths = [str(f) for f in files]
+    results = list(_run(job, paths, settings, workers, progress))
+    failed = sum(r.status == "failed" for r in results)
+    log.info("pseudonymised %d files: %d failed", len(results), failed)
+    return results
+
+
+def validate_results(
+    results: Iterable[FileResult | Mapping[str, Any]],
+    *,
+    settings: Settings,
+    quarantine_dir: PathLike | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> list[ValidationResult]:
+    """Re-check every ``ok`` output against its original; quarantine the outputs that fail."""
+    settings.check()
+    records = [r if isinstance(r, FileResult) else FileResult.from_dict(r) for r in results]
+    job = _ValidationJob(Path(quarantine_dir).resolve() if quarantine_dir else None)
+    return list(_run(job, records, settings, workers, progress))
+
+
+class _FileJob:
+    """Pseudonymise one file; picklable so worker processes can run it."""
+
+    def __init__(self, output_dir: Path, quarantine_dir: Path, input_root: Path | None) -> None:
+        self.output_dir = output_dir
+        self.quarantine_dir = quarantine_dir
+        self.input_root = input_root
+
+    def __call__(self, source: str, settings: Settings) -> FileResult:
+        started = time.perf_counter()
+        try:
+            if not _named_as_dicom(source) and not sniff_dicom(source):
+                return FileResult(source, status="skipped", reason="not a DICOM file")
+            result = self._pseudonymise(source, settings)
+        except Exception as exc:
+            reason = failure_reason(exc)
+            result = FileResult(source, status="failed", reason=reason)
+            result.quarantine = quarantine(source, reason, self.quarantine_dir)
+        log.debug("%s in %.3f s", result.status, time.perf_counter() - started)
+        return result
+
+    def _pseudonymise(self, source: str, settings: Settings) -> FileResult:
+        dataset = read_dataset(source, named_as_dicom=_named_as_dicom(source))
+        counts = settings.pseudonymiser.pseudonymise_in_place(dataset)
+        if settings.output_layout == "mirror" and self.input_root is not None:
+            relpath = PurePath(os.path.relpath(Path(source).resolve(), self.input_root))
+        elif settings.output_layout == "mirror":
+            relpath = PurePath(Path(source).name)
+        elif settings.output_layout == "flat":
+            relpath = PurePath(uid_relpath(dataset).name)
+        else:
+            relpath = uid_relpath(dataset)
+        target = safe_join(self.output_dir, relpath)
+        write_atomically(dataset, target)
+        return FileResult(source, output=str(target), changes=counts.to_dict())
+
+
+class _ValidationJob:
+    """Validate one pseudonymisation record; picklable."""
+
+    def __init__(self, quarantine_dir: Path | None) -> None:
+        self.quarantine_dir = quarantine_dir
+
+    def __call__(self, record: FileResult, settings: Settings) -> ValidationResult:
+        if record.status != "ok" or not record.output:
+            return ValidationResult(
+                record.source, record.output, "skipped", [f"not validated: {record.status}"]
+            )
+        try:
+            problems = validate_file(record.source, record.output, settings=settings)
+        except Exception as exc:
+            problems = [f"validation could not run: {failure_reason(exc)}"]
+        if not problems:
+            return ValidationResult(record.source, record.output, "ok")
+        result = ValidationResult(record.source, record.output, "failed", problems)
+        if self.quarantine_dir is not None and _exists(record.output):
+            result.quarantine = quarantine(
+                record.output, "; ".join(problems), self.quarantine_dir, move=True
+            )
+        return result
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A one-line reason for a failure that names no DICOM value (messages are ours or OS's)."""
+    if isinstance(exc, PseudonymisationError):
+        return str(exc)
+    if isinstance(exc, FileExistsError):
+        return "duplicate: " + (
+            str(exc.args[0]) if exc.args else "output exists with other content"
+        )
+    if isinstance(exc, FileNotFoundError):
+        return "the file disappeared before it could be read"
+    if isinstance(exc, EOFError):
+        return "truncated DICOM (unexpected end of file)"
+    if isinstance(exc, OSError):
+        return f"cannot read or write the file ({exc.strerror or type(exc).__name__})"
+    return f"pseudonymisation failed ({type(exc).__name__})"
+
+
+def quarantine(source: PathLike, reason: str, folder: Path, *, move: bool = False) -> str | None:
+    """Put a copy of ``source`` (moved, for rejected outputs) in ``folder`` with its reason.
+
+    The quarantined name is a digest of the source path, so it carries no identifying text.
+    """
+    token = hashlib.sha256(os.fsencode(os.path.abspath(source))).hexdigest()[:20]
+    target = folder / f"{token}.dcm"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{token}.json").write_text(
+            json.dumps({"source": str(source), "reason": reason}, indent=2) + "\n"
+        )
+        if move:
+            shutil.move(source, target)
+        else:
+            shutil.copyfile(source, target)
+    except OSError as exc:
+        log.warning("could not quarantine a file: %s", exc.strerror or type(exc).__name__)
+        return None
+    return str(target)
+
+
+def _named_as_dicom(path: str) -> bool:
+    return Path(path).suffix.lower() in DICOM_SUFFIXES
+
+
+def _exists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
+# --- running jobs, in this process or in worker processes ---------------------------------
+
+_worker_settings: Settings | None = None
+
+
+def _init_worker(settings: Settings) -> None:
+    global _worker_settings
+    _worker_settings = settings
+    settings.check()
+
+
+def _call_in_worker(job: Callable[[Any, Settings], _R], item: Any) -> _R:
+    assert _worker_settings is not None
+    return job(item, _worker_settings)
+
+
+def _run(
+    job: Callable[[_T, Settings], _R],
+    items: Sequence[_T],
+    settings: Settings,
+    workers: int,
+    progress: Progress | None,
+) -> Iterator[_R]:
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers == 1 or len(items) < 2:
+        for item in items:
+            result = job(item, settings)
+            if progress:
+                progress(result)
+            yield result
+        return
+    chunksize = max(1, min(64, len(items) // (workers * 4)))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(settings,)
+    ) as pool:
+        for result in pool.map(partial(_call_in_worker, job), items, chunksize=chunksize):
+            if progress:
+                progress(result)
+            yield result

@@ -1,0 +1,128 @@
+"""DICOM file I/O: recognising, reading, naming and writing atomically.
+
+Inputs are only ever opened for reading. Outputs are written to a temporary file in the target
+folder, flushed to disk and then linked into place, so a crash leaves either no file or a
+complete one, and an existing output is never silently replaced by different content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePath
+from typing import Literal
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from airflow_pseudo.pseudonymisation.errors import ConfigurationError, UnsupportedInputError
+
+PREAMBLE_LENGTH = 128
+MAGIC = b"DICM"
+# Groups a dataset without preamble can start with: file meta, or the usual first modules.
+_FIRST_GROUPS = frozenset({0x0002, 0x0008})
+
+
+def sniff_dicom(path: str | os.PathLike[str]) -> bool:
+    """Whether the file's content looks like DICOM: the DICM prefix, or a bare dataset start."""
+    with open(path, "rb") as stream:
+        head = stream.read(PREAMBLE_LENGTH + len(MAGIC))
+    if head[PREAMBLE_LENGTH:] == MAGIC:
+        return True
+    if len(head) < 8:
+        return False
+    orders: tuple[Literal["little", "big"], ...] = ("little", "big")
+    for order in orders:
+        group = int.from_bytes(head[0:2], order)
+        element = int.from_bytes(head[2:4], order)
+        if group in _FIRST_GROUPS and element < 0x0100:
+            return True
+    return False
+
+
+def read_dataset(path: str | os.PathLike[str], *, named_as_dicom: bool = False) -> Dataset:
+    """Read a whole DICOM file (pixel data included); refuse what is not DICOM by content.
+
+    :param named_as_dicom: the sender called it DICOM (``.dcm``): try harder to parse it.
+    """
+    if not named_as_dicom and not sniff_dicom(path):
+        raise UnsupportedInputError("not a DICOM file (no DICM prefix and no dataset start)")
+    try:
+        return pydicom.dcmread(path, force=True)
+    except (OSError, EOFError):
+        raise
+    except Exception as exc:
+        raise UnsupportedInputError(f"unreadable DICOM ({type(exc).__name__})") from None
+
+
+def iter_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Every regular file below ``folder``, recursively, in sorted order, hidden files included."""
+    root = Path(folder)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.is_file():
+                yield path
+
+
+def uid_relpath(dataset: Dataset) -> PurePath:
+    """The ``<study>/<series>/<instance>.dcm`` path of a pseudonymised dataset, by its UIDs."""
+    sop = str(dataset.get("SOPInstanceUID", "") or "")
+    if not sop:
+        raise UnsupportedInputError("no SOPInstanceUID (Type 1): the output cannot be named")
+    study = str(dataset.get("StudyInstanceUID", "") or "") or "no-study"
+    series = str(dataset.get("SeriesInstanceUID", "") or "") or "no-series"
+    return PurePath(study, series, f"{sop}.dcm")
+
+
+def safe_join(root: str | os.PathLike[str], relpath: PurePath | str) -> Path:
+    """Join ``relpath`` under ``root``, refusing anything that would escape it."""
+    base = Path(root).resolve()
+    target = (base / relpath).resolve()
+    if target != base and base not in target.parents:
+        raise UnsupportedInputError("the output name would escape the output folder")
+    return target
+
+
+def check_not_inside(
+    inner: str | os.PathLike[str], outer: str | os.PathLike[str], what: str
+) -> None:
+    """Refuse a folder placed inside (or equal to) another, e.g. an output inside the input."""
+    inner_path, outer_path = Path(inner).resolve(), Path(outer).resolve()
+    if inner_path == outer_path or outer_path in inner_path.parents:
+        raise ConfigurationError(f"the {what} folder must not be inside the input folder")
+
+
+def write_atomically(dataset: Dataset, target: str | os.PathLike[str]) -> None:
+    """Write ``dataset`` as a DICOM file at ``target`` without ever exposing a partial file.
+
+    :raises FileExistsError: when ``target`` exists with different content.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            pydicom.dcmwrite(stream, dataset, enforce_file_format=True)
+            stream.flush()
+            os.fsync(stream.fileno())
+        _link_into_place(Path(temporary), target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def _link_into_place(temporary: Path, target: Path) -> None:
+    try:
+        os.link(temporary, target)
+    except FileExistsError:
+        if not filecmp.cmp(temporary, target, shallow=False):
+            raise FileExistsError(
+                "an output with this name already exists with other content"
+            ) from None
+    except OSError:  # file systems without hard links: rename is still atomic
+        os.replace(temporary, target)

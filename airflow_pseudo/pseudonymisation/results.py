@@ -1,0 +1,56 @@
+"""Per-file result records: JSON-native, one per input, never holding a DICOM value or the key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Status = Literal["ok", "skipped", "failed"]
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file.
+
+    :param source: the input path.
+    :param output: the written output path, when ``status`` is ``ok``.
+    :param status: ``ok``, ``skipped`` (not DICOM) or ``failed``.
+    :param reason: why it was skipped or failed; never contains a DICOM value.
+    :param quarantine: where a copy of a failed input was put, with its reason beside it.
+    :param engine: which engine produced the output (``reference``).
+    :param changes: element counts per action (replaced, remapped_uids, emptied, removed).
+    """
+
+    source: str
+    output: str | None = None
+    status: Status = "ok"
+    reason: str | None = None
+    quarantine: str | None = None
+    engine: str = "reference"
+    changes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> FileResult:
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in record.items() if k in names})
+
+
+@dataclass
+class ValidationResult:
+    """The verdict on one output checked against its original.
+
+    :param problems: what is wrong, each naming an attribute by keyword or tag, never by value.
+    """
+
+    source: str
+    output: str | None
+    status: Status
+    problems: list[str] = field(default_factory=list)
+    quarantine: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
