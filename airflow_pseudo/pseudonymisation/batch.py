@@ -21,7 +21,10 @@ from functools import partial
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
+from pydicom.dataset import Dataset
+
 from airflow_pseudo.pseudonymisation.errors import PseudonymisationError
+from airflow_pseudo.pseudonymisation.fastpath import mapped, pseudonymise_buffer
 from airflow_pseudo.pseudonymisation.files import (
     check_not_inside,
     iter_files,
@@ -149,8 +152,25 @@ class _FileJob:
         return result
 
     def _pseudonymise(self, source: str, settings: Settings) -> FileResult:
+        if settings.engine == "auto":
+            try:
+                with mapped(source) as buffer:
+                    fast = pseudonymise_buffer(buffer, settings.pseudonymiser)
+                    target = self._target(source, fast.dataset, settings)
+                    write_atomically(fast.chunks, target)
+                return FileResult(source, str(target), engine="fast", changes=fast.counts.to_dict())
+            except (PseudonymisationError, OSError):
+                raise
+            except Exception as exc:  # FastPathUnsupported, or anything the fast parser met
+                log.debug("reference engine used: %s", failure_reason(exc))
         dataset = read_dataset(source, named_as_dicom=_named_as_dicom(source))
         counts = settings.pseudonymiser.pseudonymise_in_place(dataset)
+        target = self._target(source, dataset, settings)
+        write_atomically(dataset, target)
+        return FileResult(source, str(target), engine="reference", changes=counts.to_dict())
+
+    def _target(self, source: str, dataset: Dataset, settings: Settings) -> Path:
+        """Where the output goes: named by pseudonymised UIDs unless the layout says otherwise."""
         if settings.output_layout == "mirror" and self.input_root is not None:
             relpath = PurePath(os.path.relpath(Path(source).resolve(), self.input_root))
         elif settings.output_layout == "mirror":
@@ -159,9 +179,7 @@ class _FileJob:
             relpath = PurePath(uid_relpath(dataset).name)
         else:
             relpath = uid_relpath(dataset)
-        target = safe_join(self.output_dir, relpath)
-        write_atomically(dataset, target)
-        return FileResult(source, output=str(target), changes=counts.to_dict())
+        return safe_join(self.output_dir, relpath)
 
 
 class _ValidationJob:

@@ -115,23 +115,27 @@ class Pseudonymiser:
 
     def pseudonymise_in_place(self, dataset: Dataset) -> ChangeCounts:
         """Pseudonymise ``dataset`` itself, file meta included, and add the PS3.15 markers."""
-        if str(dataset.get("BurnedInAnnotation", "")).strip().upper() == "YES" and not (
-            self.allow_burned_in
-        ):
+        self.check_burned_in(dataset.get("BurnedInAnnotation"))
+        context = self.context_for(dataset.get("PatientID"), dataset.get("StudyInstanceUID"))
+        counts = ChangeCounts()
+        self._walk(dataset, context, counts)
+        self.add_markers(dataset)
+        if getattr(dataset, "file_meta", None) is not None or hasattr(dataset, "preamble"):
+            rewrite_file_meta(dataset)
+        return counts
+
+    def check_burned_in(self, burned_in_annotation: Any) -> None:
+        """Refuse pixel data flagged as showing identifying text, unless explicitly allowed."""
+        if str(burned_in_annotation or "").strip().upper() == "YES" and not self.allow_burned_in:
             raise BurnedInAnnotationError(
                 "BurnedInAnnotation is YES: the pixel data may show identifying text that "
                 "header pseudonymisation cannot remove (allow it explicitly to proceed)"
             )
-        patient = str(dataset.get("PatientID", "") or "") or str(
-            dataset.get("StudyInstanceUID", "") or ""
-        )
-        context = PseudonymContext(self.source, patient)
-        counts = ChangeCounts()
-        self._walk(dataset, context, counts)
-        self._add_markers(dataset)
-        if getattr(dataset, "file_meta", None) is not None or hasattr(dataset, "preamble"):
-            rewrite_file_meta(dataset)
-        return counts
+
+    def context_for(self, patient_id: Any, study_instance_uid: Any) -> PseudonymContext:
+        """The context of one dataset: its patient is PatientID, else StudyInstanceUID."""
+        patient = str(patient_id or "") or str(study_instance_uid or "")
+        return PseudonymContext(self.source, patient)
 
     def _walk(self, dataset: Dataset, context: PseudonymContext, counts: ChangeCounts) -> None:
         for tag in list(dataset.keys()):
@@ -144,7 +148,7 @@ class Pseudonymiser:
                 continue
             element = dataset[tag]
             try:
-                self._apply(element, rule.action, context, counts)
+                self.apply(element, rule.action, context, counts)
             except PseudonymisationError:
                 raise
             except Exception as exc:
@@ -153,9 +157,10 @@ class Pseudonymiser:
                     f"{type(exc).__name__}"
                 ) from None
 
-    def _apply(
+    def apply(
         self, element: DataElement, action: Action, context: PseudonymContext, counts: ChangeCounts
     ) -> None:
+        """Apply one action to one element (recursing into sequence items)."""
         if element.VR == "SQ":
             if action is Action.EMPTY:
                 element.value = []
@@ -190,7 +195,8 @@ class Pseudonymiser:
             mapped = self._uid_map[uid] = context.source.uid(uid)
         return mapped
 
-    def _add_markers(self, dataset: Dataset) -> None:
+    def add_markers(self, dataset: Dataset) -> None:
+        """Write the PS3.15 de-identification markers (appending to earlier methods)."""
         dataset.PatientIdentityRemoved = "YES"
         methods = [str(m) for m in _as_list(dataset.get("DeidentificationMethod", []))]
         if self.method not in methods:
@@ -215,9 +221,9 @@ class Pseudonymiser:
 
 
 def _may_be_sequence(dataset: Dataset, tag: int) -> bool:
-    raw = dataset.get_item(tag)
-    vr = getattr(raw, "VR", None)
-    if vr is None:
+    """Whether an element holds items, including a sequence hidden in a UN or implicit VR."""
+    vr = getattr(dataset.get_item(tag), "VR", None)
+    if vr in (None, "UN"):
         try:
             vr = dictionary_VR(tag)
         except KeyError:

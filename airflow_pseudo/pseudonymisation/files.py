@@ -11,7 +11,7 @@ import contextlib
 import filecmp
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePath
 from typing import Literal
 
@@ -97,8 +97,10 @@ def check_not_inside(
         raise ConfigurationError(f"the {what} folder must not be inside the input folder")
 
 
-def write_atomically(dataset: Dataset, target: str | os.PathLike[str]) -> None:
-    """Write ``dataset`` as a DICOM file at ``target`` without ever exposing a partial file.
+def write_atomically(
+    content: Dataset | Iterable[bytes | memoryview], target: str | os.PathLike[str]
+) -> None:
+    """Write a dataset (or a file's ready-made chunks) at ``target``, never exposing a partial file.
 
     :raises FileExistsError: when ``target`` exists with different content.
     """
@@ -107,7 +109,11 @@ def write_atomically(dataset: Dataset, target: str | os.PathLike[str]) -> None:
     fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
-            pydicom.dcmwrite(stream, dataset, enforce_file_format=True)
+            if isinstance(content, Dataset):
+                pydicom.dcmwrite(stream, content, enforce_file_format=True)
+            else:
+                for chunk in content:
+                    stream.write(chunk)
             stream.flush()
             os.fsync(stream.fileno())
         _link_into_place(Path(temporary), target)

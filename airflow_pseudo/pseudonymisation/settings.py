@@ -18,6 +18,7 @@ from airflow_pseudo.pseudonymisation.sources import KeyedSource, PseudonymSource
 
 STRATEGIES = ("keyed", "pymedphys")
 OUTPUT_LAYOUTS = ("uids", "flat", "mirror")
+ENGINES = ("auto", "reference")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Settings:
     :param output_layout: ``uids`` names outputs ``<study>/<series>/<instance>.dcm`` by the
         pseudonymised UIDs; ``flat`` names them ``<instance>.dcm``; ``mirror`` keeps the input's
         relative paths (which may hold PHI).
+    :param engine: ``auto`` uses the streaming fast path and falls back to the reference engine
+        for what it does not support; ``reference`` always uses the reference engine.
     """
 
     strategy: Literal["keyed", "pymedphys"] | str = "keyed"
@@ -51,9 +54,12 @@ class Settings:
     keep_keywords: tuple[str, ...] = ()
     allow_burned_in: bool = False
     output_layout: str = "uids"
+    engine: str = "auto"
 
     def check(self) -> None:
         """Build everything once, so a bad setting fails before any file is touched."""
+        if self.engine not in ENGINES:
+            raise ConfigurationError(f"engine must be one of {', '.join(ENGINES)}")
         if self.output_layout not in OUTPUT_LAYOUTS:
             raise ConfigurationError(f"output_layout must be one of {', '.join(OUTPUT_LAYOUTS)}")
         self.pseudonymiser  # noqa: B018

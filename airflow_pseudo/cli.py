@@ -1,0 +1,247 @@
+"""The ``airflow-pseudo`` command: pseudonymise, validate, explain, generate-key.
+
+Exit status: 0 when nothing failed, 1 when some files failed (every other file is still
+processed), 2 for usage or configuration errors, reported in one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from airflow_pseudo import __version__
+
+EXIT_OK, EXIT_FILES_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, as for configuration errors
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _settings_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pseudonymisation settings")
+    group.add_argument("--key-file", help="file holding the project key (else $AIRFLOW_PSEUDO_KEY)")
+    group.add_argument("--strategy", choices=("keyed", "pymedphys"), default="keyed")
+    group.add_argument(
+        "--profile",
+        choices=("default", "pymedphys"),
+        default=None,
+        help="default: the strategy's name",
+    )
+    group.add_argument("--pymedphys-config", help="PyMedPhys config.toml with [pseudo] pepper")
+    group.add_argument("--uid-root", help="organisation UID root (default: 2.25.<decimal>)")
+    group.add_argument(
+        "--date-shift-days",
+        default="-3650,-366",
+        metavar="MIN,MAX",
+        help="range of the per-patient date offset (default: %(default)s)",
+    )
+    group.add_argument(
+        "--keep", nargs="*", default=[], metavar="KEYWORD", help="attributes to keep unchanged"
+    )
+    group.add_argument(
+        "--allow-burned-in",
+        action="store_true",
+        help="pseudonymise files whose BurnedInAnnotation is YES",
+    )
+    group.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="airflow-pseudo", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+
+    run = commands.add_parser("pseudonymise", help="pseudonymise a DICOM file or folder")
+    run.add_argument("input", help="a DICOM file or a folder (searched recursively)")
+    run.add_argument("-o", "--output", help="output folder (default: <input>-pseudonymised)")
+    run.add_argument("--quarantine", help="folder for failed inputs (default: <output>-quarantine)")
+    run.add_argument("--results", help="write one JSON result record per file to this .jsonl")
+    run.add_argument(
+        "--layout",
+        choices=("uids", "mirror"),
+        default="uids",
+        help="uids: <study>/<series>/<instance>.dcm; mirror: input paths (may hold PHI)",
+    )
+    _settings_arguments(run)
+
+    check = commands.add_parser("validate", help="re-check outputs against their originals")
+    check.add_argument("results", help="the .jsonl written by 'pseudonymise --results'")
+    check.add_argument("--quarantine", help="move failing outputs to this folder")
+    check.add_argument("--report", help="write one JSON validation record per file to this .jsonl")
+    _settings_arguments(check)
+
+    explain = commands.add_parser("explain", help="print what the profile does to each attribute")
+    explain.add_argument("--profile", choices=("default", "pymedphys"), default="default")
+
+    keygen = commands.add_parser("generate-key", help="write a new random project key file")
+    keygen.add_argument("path", help="where to write the key (refuses to overwrite)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage errors, --help, --version
+        return int(exit_.code or 0)
+    from airflow_pseudo.pseudonymisation.errors import ConfigurationError
+
+    try:
+        command: Callable[[argparse.Namespace, TextIO], int] = _COMMANDS[args.command]
+        return command(args, out)
+    except (ConfigurationError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"airflow-pseudo: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from airflow_pseudo.pseudonymisation import Settings, load_key
+
+    try:
+        low, high = (int(part) for part in args.date_shift_days.split(","))
+    except ValueError:
+        raise ValueError("--date-shift-days must be MIN,MAX in days, e.g. -3650,-366") from None
+    settings = Settings(
+        strategy=args.strategy,
+        key=load_key(args.key_file) if args.strategy == "keyed" else None,
+        profile=args.profile or ("pymedphys" if args.strategy == "pymedphys" else "default"),
+        uid_root=args.uid_root,
+        date_shift_days=(low, high),
+        pymedphys_config=args.pymedphys_config,
+        keep_keywords=tuple(args.keep),
+        allow_burned_in=args.allow_burned_in,
+        output_layout=getattr(args, "layout", "uids"),
+    )
+    settings.check()
+    return settings
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[Any], None] | None]:
+    """A progress bar on an interactive terminal for long runs; silent otherwise."""
+    if total < 20 or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda _result: bar.advance(task)
+
+
+def _write_jsonl(path: str | None, records: Sequence[Any]) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as stream:
+            for record in records:
+                stream.write(json.dumps(record.to_dict()) + "\n")
+
+
+def _pseudonymise(args: argparse.Namespace, out: TextIO) -> int:
+    from airflow_pseudo.pseudonymisation import (
+        default_output_dir,
+        default_quarantine_dir,
+        pseudonymise_files,
+    )
+    from airflow_pseudo.pseudonymisation.files import iter_files
+
+    settings = _settings(args)
+    source = Path(args.input)
+    if source.is_dir():
+        files, root = list(iter_files(source)), source
+    elif source.is_file():
+        files, root = [source], None
+    else:
+        raise FileNotFoundError(f"no such file or folder: {source}")
+    output = Path(args.output) if args.output else default_output_dir(source)
+    quarantine = Path(args.quarantine) if args.quarantine else default_quarantine_dir(output)
+    with _progress(len(files), "pseudonymising") as progress:
+        results = pseudonymise_files(
+            files,
+            output,
+            settings=settings,
+            input_root=root,
+            quarantine_dir=quarantine,
+            workers=args.workers,
+            progress=progress,
+        )
+    _write_jsonl(args.results, results)
+    counts = Counter(r.status for r in results)
+    for result in results:
+        if result.status == "failed":
+            print(f"failed: {result.source}: {result.reason}", file=out)
+    print(
+        f"pseudonymised {len(results)} files: {counts['ok']} ok, {counts['skipped']} skipped "
+        f"(not DICOM), {counts['failed']} failed; outputs in {output}"
+        + (f"; failed inputs copied to {quarantine}" if counts["failed"] else ""),
+        file=out,
+    )
+    return EXIT_FILES_FAILED if counts["failed"] else EXIT_OK
+
+
+def _validate(args: argparse.Namespace, out: TextIO) -> int:
+    from airflow_pseudo.pseudonymisation import validate_results
+
+    settings = _settings(args)
+    with open(args.results, encoding="utf-8") as stream:
+        records = [json.loads(line) for line in stream if line.strip()]
+    with _progress(len(records), "validating") as progress:
+        verdicts = validate_results(
+            records,
+            settings=settings,
+            quarantine_dir=args.quarantine,
+            workers=args.workers,
+            progress=progress,
+        )
+    _write_jsonl(args.report, verdicts)
+    counts = Counter(v.status for v in verdicts)
+    for verdict in verdicts:
+        if verdict.status == "failed":
+            print(f"invalid: {verdict.output}: {'; '.join(verdict.problems)}", file=out)
+    print(
+        f"validated {len(verdicts)} records: {counts['ok']} ok, {counts['failed']} failed, "
+        f"{counts['skipped']} not pseudonymised",
+        file=out,
+    )
+    return EXIT_FILES_FAILED if counts["failed"] else EXIT_OK
+
+
+def _explain(args: argparse.Namespace, out: TextIO) -> int:
+    from airflow_pseudo.pseudonymisation.profiles import PROFILES
+
+    for line in PROFILES[args.profile]().describe():
+        print(line, file=out)
+    return EXIT_OK
+
+
+def _generate_key(args: argparse.Namespace, out: TextIO) -> int:
+    path = Path(args.path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as stream:
+        stream.write(secrets.token_urlsafe(32) + "\n")
+    print(
+        f"wrote a new project key to {path} (keep it secret; losing it unlinks pseudonyms)",
+        file=out,
+    )
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "pseudonymise": _pseudonymise,
+    "validate": _validate,
+    "explain": _explain,
+    "generate-key": _generate_key,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())
