@@ -175,7 +175,7 @@ class Pseudonymiser:
             element.value = empty_value_for_VR(element.VR)
             counts.emptied += 1
         elif action is Action.REMAP_UID:
-            _map_values(element, self._remap_uid, context)
+            _map_values(element, self.remap_uid, context)
             counts.remapped_uids += 1
         else:
             strategy = self.dispatch.get(element.VR)
@@ -186,7 +186,8 @@ class Pseudonymiser:
                 _map_values(element, strategy, context)
                 counts.replaced += 1
 
-    def _remap_uid(self, value: Any, context: PseudonymContext) -> str:
+    def remap_uid(self, value: Any, context: PseudonymContext) -> str:
+        """Map an instance UID to its pseudonym; registered UIDs are returned unchanged."""
         uid = str(value).strip("\x00 ")
         if not uid or is_registered_uid(uid):
             return uid

@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -25,16 +26,23 @@ from functools import lru_cache
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.values import convert_value
 
-from airflow_pseudo.pseudonymisation.engine import ChangeCounts, Pseudonymiser, rewrite_file_meta
+from airflow_pseudo.pseudonymisation.engine import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    ChangeCounts,
+    Pseudonymiser,
+)
 from airflow_pseudo.pseudonymisation.profiles import Action
-from airflow_pseudo.pseudonymisation.strategies import PseudonymContext
+from airflow_pseudo.pseudonymisation.strategies import PseudonymContext, Strategy, keep_value
 
 ITEM, ITEM_DELIMITER, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -54,6 +62,9 @@ _SOP_INSTANCE_UID = 0x00080018
 _BURNED_IN_ANNOTATION = 0x00280301
 _DEIDENTIFICATION_METHOD = 0x00120063
 _DEIDENTIFICATION_CODES = 0x00120064
+_LAST_CAPTURED = _BURNED_IN_ANNOTATION
+# Text VRs whose pseudonyms are plain ASCII and whose decoding pydicom does in one step.
+_PLAIN_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "PN", "SH", "TM", "UI", "UC"})
 _NAMING_UIDS = frozenset({_SOP_INSTANCE_UID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID})
 _MARKERS = frozenset({0x00120062, _DEIDENTIFICATION_METHOD, _DEIDENTIFICATION_CODES, 0x00280303})
 _CAPTURED = frozenset(
@@ -161,7 +172,7 @@ class _Rewriter:
         self.encodings: list[str] = convert_encodings(None)
         self.captured: dict[int, object] = {}
         self.new_uids: dict[int, str] = {}
-        self.decoded: DataElement | None = None
+        self.new_text: str | None = None  # the value last written, when it was rewritten
 
     def run(self, start: int, transfer_syntax: UID) -> FastOutput:
         self._prescan(start)
@@ -174,11 +185,11 @@ class _Rewriter:
         body: list[tuple[int, bytes | memoryview]] = []
         self._elements(start, len(self.buffer), body, context, top_level=True)
         body = _merge(body, self._markers())
-        named = self._naming_dataset(transfer_syntax)
-        meta = DicomBytesIO()
-        meta.is_little_endian, meta.is_implicit_VR = True, False
-        write_file_meta_info(meta, named.file_meta, enforce_standard=True)
-        chunks: list[bytes | memoryview] = [b"\x00" * 128 + b"DICM", meta.getvalue()]
+        named = self._naming_dataset()
+        chunks: list[bytes | memoryview] = [
+            b"\x00" * 128 + b"DICM",
+            file_meta_bytes(named.SOPClassUID, named.SOPInstanceUID, transfer_syntax),
+        ]
         chunks.extend(chunk for _, chunk in body)
         return FastOutput(chunks, named, self.counts)
 
@@ -232,6 +243,8 @@ class _Rewriter:
         end = len(self.buffer)
         while position < end:
             tag, vr, length, value = self._header(position, self.implicit)
+            if tag > _LAST_CAPTURED:
+                return
             if tag in _CAPTURED and length != UNDEFINED_LENGTH:
                 element = self._decode(tag, vr, length, value)
                 self.captured[tag] = element.value
@@ -268,11 +281,12 @@ class _Rewriter:
             if top_level and tag in _MARKERS:
                 position = self._end_of_value(value, length, implicit or vr == "UN")
                 continue
-            self.decoded = None
+            self.new_text = None
             position = self._element(tag, vr, length, position, value, out, context, implicit)
             if top_level and tag in _NAMING_UIDS:
-                element = self.decoded or self._decode(tag, vr, length, value)
-                self.new_uids[tag] = str(element.value or "")
+                if self.new_text is None:  # kept: the output holds the original value
+                    self.new_text = str(self._decode(tag, vr, length, value).value or "")
+                self.new_uids[tag] = self.new_text
         return position
 
     def _element(
@@ -300,9 +314,18 @@ class _Rewriter:
         if hidden and length == UNDEFINED_LENGTH:
             raise FastPathUnsupported("undefined length outside a sequence")
         end = self._end_of_value(value, length, implicit)
-        if action is Action.KEEP or length == 0:
+        value_vr = vr if vr not in (None, "UN") else dictionary_vr
+        strategy = self._strategy(action, value_vr)
+        if action is Action.KEEP or length == 0 or strategy is keep_value:
             out.append((tag, self.buffer[header:end]))
             return end
+        if strategy is not None and value_vr in _PLAIN_TEXT_VRS and len(self.encodings) == 1:
+            chunk = self._rewrite_text(tag, value_vr, length, value, strategy, context, implicit)
+            if chunk is not None:
+                self.counts.remapped_uids += action is Action.REMAP_UID
+                self.counts.replaced += action is Action.REPLACE
+                out.append((tag, chunk))
+                return end
         if action is Action.EMPTY:
             element = self._decode(tag, vr, 0, value)
             self.counts.emptied += 1
@@ -311,7 +334,7 @@ class _Rewriter:
                 raise FastPathUnsupported("undefined length value to change")
             element = self._decode(tag, vr, length, value)
             self.pseudonymiser.apply(element, action, context, self.counts)
-        self.decoded = element
+        self.new_text = str(element.value or "")
         out.append((tag, self._encode(element, implicit)))
         return end
 
@@ -352,7 +375,50 @@ class _Rewriter:
         out.append((tag, _SEQUENCE_DELIMITER_BYTES))
         return position
 
-    # -- decoding and encoding through pydicom ----------------------------------------------
+    # -- decoding and encoding ------------------------------------------------------------
+
+    def _strategy(self, action: Action, vr: str | None) -> Strategy | None:
+        if action is Action.REMAP_UID:
+            return self.pseudonymiser.remap_uid
+        if action is Action.REPLACE and vr is not None:
+            return self.pseudonymiser.dispatch.get(vr)
+        return None
+
+    def _rewrite_text(
+        self,
+        tag: int,
+        vr: str,
+        length: int,
+        value: int,
+        strategy: Strategy,
+        context: PseudonymContext,
+        implicit: bool,
+    ) -> bytes | None:
+        """Decode with pydicom's own converter, pseudonymise, encode plain ASCII text.
+
+        Returns None when the result is not plain ASCII, for pydicom to encode.
+        """
+        raw = RawDataElement(
+            BaseTag(tag), vr, length, bytes(self.buffer[value : value + length]), value, False, True
+        )
+        decoded = convert_value(vr, raw, self.encodings)
+        if isinstance(decoded, MultiValue | list):
+            if not decoded:
+                return None
+            text = "\\".join(str(strategy(v, context)) for v in decoded)
+        else:
+            if not str(decoded):
+                return None
+            text = str(strategy(decoded, context))
+        try:
+            payload = text.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+        self.new_text = text
+        payload = _pad(payload, b"\x00" if vr == "UI" else b" ")
+        if implicit:
+            return _TAG.pack(tag >> 16, tag & 0xFFFF) + _UINT32.pack(len(payload)) + payload
+        return _explicit(tag, vr, payload)
 
     def _decode(self, tag: int, vr: str | None, length: int, value: int) -> DataElement:
         raw = RawDataElement(
@@ -376,22 +442,56 @@ class _Rewriter:
         return stream.getvalue()
 
     def _markers(self) -> list[tuple[int, bytes | memoryview]]:
-        markers = Dataset()
-        if self.captured.get(_DEIDENTIFICATION_METHOD):
-            markers.DeidentificationMethod = self.captured[_DEIDENTIFICATION_METHOD]
-        self.pseudonymiser.add_markers(markers)
-        return [(element.tag, self._encode(element, self.implicit)) for element in markers]
+        prior = self.captured.get(_DEIDENTIFICATION_METHOD)
+        key = (self.implicit, str(prior) if prior else None)
+        cache = _MARKER_CACHE.setdefault(self.pseudonymiser, {})
+        if key not in cache:
+            markers = Dataset()
+            if prior:
+                markers.DeidentificationMethod = prior
+            self.pseudonymiser.add_markers(markers)
+            cache[key] = [(e.tag, self._encode(e, self.implicit)) for e in markers]
+        return cache[key]
 
-    def _naming_dataset(self, transfer_syntax: UID) -> Dataset:
+    def _naming_dataset(self) -> Dataset:
+        if _SOP_CLASS_UID not in self.captured or not self.new_uids.get(_SOP_INSTANCE_UID):
+            raise FastPathUnsupported("no SOP Class or Instance UID: the reference decides")
         named = Dataset()
-        if _SOP_CLASS_UID in self.captured:
-            named.SOPClassUID = self.captured[_SOP_CLASS_UID]
+        named.SOPClassUID = self.captured[_SOP_CLASS_UID]
         for tag, uid in self.new_uids.items():
             named.add_new(tag, "UI", uid)
-        named.file_meta = FileMetaDataset()
-        named.file_meta.TransferSyntaxUID = transfer_syntax
-        rewrite_file_meta(named)
         return named
+
+
+def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Encode the file meta group this tool writes (PS3.10 7.1), group length first."""
+    elements = b"".join(
+        (
+            _explicit(0x00020001, "OB", b"\x00\x01"),
+            _explicit(0x00020002, "UI", _pad(sop_class.encode("ascii"), b"\x00")),
+            _explicit(0x00020003, "UI", _pad(sop_instance.encode("ascii"), b"\x00")),
+            _explicit(0x00020010, "UI", _pad(str(transfer_syntax).encode("ascii"), b"\x00")),
+            _explicit(0x00020012, "UI", _pad(IMPLEMENTATION_CLASS_UID.encode("ascii"), b"\x00")),
+            _explicit(0x00020013, "SH", _pad(IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" ")),
+        )
+    )
+    return _explicit(0x00020000, "UL", _UINT32.pack(len(elements))) + elements
+
+
+def _pad(data: bytes, padding: bytes) -> bytes:
+    return data + padding if len(data) % 2 else data
+
+
+def _explicit(tag: int, vr: str, payload: bytes) -> bytes:
+    head = _TAG.pack(tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
+    if vr in _LONG_LENGTH_VRS:
+        return head + b"\x00\x00" + _UINT32.pack(len(payload)) + payload
+    return head + _UINT16.pack(len(payload)) + payload
+
+
+_MARKER_CACHE: weakref.WeakKeyDictionary[
+    Pseudonymiser, dict[tuple[bool, str | None], list[tuple[int, bytes | memoryview]]]
+] = weakref.WeakKeyDictionary()
 
 
 def _merge(

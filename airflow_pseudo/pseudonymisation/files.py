@@ -59,14 +59,15 @@ def read_dataset(path: str | os.PathLike[str], *, named_as_dicom: bool = False) 
 
 
 def iter_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
-    """Every regular file below ``folder``, recursively, in sorted order, hidden files included."""
-    root = Path(folder)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.is_file():
-                yield path
+    """Every regular file below ``folder``, recursively, hidden files included.
+
+    Sorted by path text, the order :func:`.incoming.find_settled_files` uses, so a folder and
+    the same files listed by the sensor are processed in the same order.
+    """
+    paths = [
+        Path(dirpath) / name for dirpath, _, filenames in os.walk(folder) for name in filenames
+    ]
+    yield from (path for path in sorted(paths, key=str) if path.is_file())
 
 
 def uid_relpath(dataset: Dataset) -> PurePath:

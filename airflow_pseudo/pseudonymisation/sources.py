@@ -81,6 +81,11 @@ class KeyedSource:
             raise ConfigurationError(
                 "date_shift_days must be (minimum, maximum) with minimum <= maximum"
             )
+        if low <= 0 <= high and (low, high) != (0, 0):
+            raise ConfigurationError(
+                "date_shift_days must not contain 0 (some patients' dates would not move): "
+                "use a range wholly before or after 0, or (0, 0) to keep dates"
+            )
         if self.uid_root is not None:
             _check_uid_root(self.uid_root)
 
