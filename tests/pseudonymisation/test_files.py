@@ -1,0 +1,142 @@
+"""Tests for file I/O: recognising DICOM by content, atomic writes and safe output names."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+from unittest import mock
+
+import pydicom
+import pytest
+
+from airflow_pseudo.pseudonymisation.errors import ConfigurationError, UnsupportedInputError
+from airflow_pseudo.pseudonymisation.files import (
+    check_not_inside,
+    iter_files,
+    read_dataset,
+    safe_join,
+    sniff_dicom,
+    uid_relpath,
+    write_atomically,
+)
+from airflow_pseudo.testing import make_instance
+
+
+@pytest.fixture
+def ct_file(tmp_path: Path) -> Path:
+    """A CT instance written as a DICOM file without a .dcm suffix."""
+    path = tmp_path / "IMG0001"
+    pydicom.dcmwrite(path, make_instance("ct"), enforce_file_format=True)
+    return path
+
+
+class TestSniff:
+    def test_dicom_without_extension_recognised(self, ct_file: Path):
+        """A file with the DICM prefix is DICOM whatever its name."""
+        assert sniff_dicom(ct_file)
+
+    def test_bare_dataset_recognised(self, tmp_path: Path):
+        """A dataset without preamble (like rtstruct.dcm) is recognised by its first group."""
+        path = tmp_path / "bare"
+        ds = make_instance("rtstruct")
+        pydicom.dcmwrite(path, ds, enforce_file_format=False)
+        assert sniff_dicom(path)
+
+    @pytest.mark.parametrize(
+        "content", [b"", b"hello world, this is a text file\n", b"\x89PNG\r\n\x1a\n" + b"0" * 200]
+    )
+    def test_non_dicom_rejected(self, tmp_path: Path, content: bytes):
+        """Text, images and empty files are not DICOM, even when named .dcm."""
+        path = tmp_path / "fake.dcm"
+        path.write_bytes(content)
+        assert not sniff_dicom(path)
+
+    def test_read_refuses_non_dicom(self, tmp_path: Path):
+        """read_dataset refuses a non-DICOM file with a reason and no traceback of pydicom."""
+        path = tmp_path / "notes.txt"
+        path.write_text("Patient: Doe^John\n" * 20)
+        with pytest.raises(UnsupportedInputError, match="not a DICOM file") as info:
+            read_dataset(path)
+        assert "Doe" not in str(info.value)
+
+
+class TestIterFiles:
+    def test_sorted_recursive_hidden_included(self, tmp_path: Path):
+        """Every file below the folder is listed sorted by path text, hidden files included."""
+        for name in ("b/2", "b/1", "a", ".hidden", "c/d/e", "z", "a-b/x"):
+            path = tmp_path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+        listed = [p.relative_to(tmp_path).as_posix() for p in iter_files(tmp_path)]
+        assert listed == [".hidden", "a", "a-b/x", "b/1", "b/2", "c/d/e", "z"]
+
+
+class TestWrite:
+    def test_atomic_write_leaves_no_temp_files(self, tmp_path: Path):
+        """A successful write leaves exactly the target, readable, and no temporary file."""
+        target = tmp_path / "out" / "x.dcm"
+        write_atomically(make_instance("ct"), target)
+        assert [p.name for p in target.parent.iterdir()] == ["x.dcm"]
+        assert pydicom.dcmread(target).SOPInstanceUID
+
+    def test_crash_during_write_leaves_nothing(self, tmp_path: Path):
+        """If writing fails midway, neither the target nor a temporary file is left."""
+        target = tmp_path / "out" / "x.dcm"
+
+        def broken_write(stream, *args, **kwargs):  # type: ignore[no-untyped-def]
+            stream.write(b"\x00" * 200)
+            raise RuntimeError("disk full")
+
+        with (
+            mock.patch("airflow_pseudo.pseudonymisation.files.pydicom.dcmwrite", broken_write),
+            pytest.raises(RuntimeError),
+        ):
+            write_atomically(make_instance("ct"), target)
+        assert list(target.parent.iterdir()) == []
+
+    def test_existing_different_output_not_replaced(self, tmp_path: Path):
+        """An existing output with other content is never silently overwritten."""
+        target = tmp_path / "x.dcm"
+        write_atomically(make_instance("ct", instance=1), target)
+        before = target.read_bytes()
+        with pytest.raises(FileExistsError):
+            write_atomically(make_instance("ct", instance=2), target)
+        assert target.read_bytes() == before
+        assert [p.name for p in tmp_path.iterdir()] == ["x.dcm"]
+
+    def test_identical_rewrite_is_idempotent(self, tmp_path: Path):
+        """Writing the same content again is accepted (a rerun after a crash)."""
+        target = tmp_path / "x.dcm"
+        ds = make_instance("ct")
+        write_atomically(ds, target)
+        write_atomically(ds, target)
+        assert [p.name for p in tmp_path.iterdir()] == ["x.dcm"]
+
+
+class TestNames:
+    def test_uid_relpath(self):
+        """Outputs are named <study>/<series>/<instance>.dcm from the dataset's UIDs."""
+        ds = make_instance("ct")
+        assert uid_relpath(ds) == PurePath(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, f"{ds.SOPInstanceUID}.dcm"
+        )
+
+    def test_no_sop_instance_refused(self):
+        """A dataset without SOPInstanceUID cannot be named and says why."""
+        ds = make_instance("ct")
+        del ds.SOPInstanceUID
+        with pytest.raises(UnsupportedInputError, match="SOPInstanceUID"):
+            uid_relpath(ds)
+
+    @pytest.mark.parametrize("relpath", ["../escape.dcm", "/etc/passwd", "a/../../b"])
+    def test_safe_join_refuses_escape(self, tmp_path: Path, relpath: str):
+        """A name that would leave the output folder is refused."""
+        with pytest.raises(UnsupportedInputError):
+            safe_join(tmp_path, relpath)
+
+    def test_check_not_inside(self, tmp_path: Path):
+        """An output folder inside (or equal to) the input folder is refused."""
+        with pytest.raises(ConfigurationError, match="inside the input"):
+            check_not_inside(tmp_path / "in" / "out", tmp_path / "in", "output")
+        with pytest.raises(ConfigurationError):
+            check_not_inside(tmp_path / "in", tmp_path / "in", "output")
+        check_not_inside(tmp_path / "in-pseudonymised", tmp_path / "in", "output")

@@ -1,0 +1,132 @@
+"""Tests for validation: it catches residues, invalid values and missing markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from airflow_pseudo.pseudonymisation import Pseudonymiser, Settings, validate_dataset, validate_file
+from airflow_pseudo.testing import make_instance
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture
+def pair(pseudonymiser: Pseudonymiser) -> tuple[Dataset, Dataset]:
+    """An original with planted PHI (nested too) and its pseudonymised output."""
+    original = make_instance("rtplan", patient=1)
+    original.BeamSequence[0].OperatorsName = "Nested^Operator"
+    return original, pseudonymiser.pseudonymise_dataset(original)[0]
+
+
+def test_real_output_passes(pseudonymiser: Pseudonymiser, pair: tuple[Dataset, Dataset]):
+    """A genuine pseudonymisation has no problems."""
+    assert validate_dataset(*pair, pseudonymiser) == []
+
+
+@pytest.mark.parametrize("template", ["ct", "mr", "rtdose", "rtstruct", "sr"])
+@pytest.mark.parametrize("patient", [2, 3])
+def test_real_outputs_pass(pseudonymiser: Pseudonymiser, template: str, patient: int):
+    """Outputs of every template and of a non-ASCII patient pass."""
+    original = make_instance(template, patient=patient)
+    output = pseudonymiser.pseudonymise_dataset(original)[0]
+    assert validate_dataset(original, output, pseudonymiser) == []
+
+
+def test_planted_residual_caught(pseudonymiser: Pseudonymiser, pair: tuple[Dataset, Dataset]):
+    """A PatientName left in the output is reported by keyword, never by value."""
+    original, output = pair
+    output.PatientName = original.PatientName
+    problems = validate_dataset(original, output, pseudonymiser)
+    assert any("PatientName" in p for p in problems)
+    assert not any("Testperson" in p for p in problems)
+
+
+def test_residual_hidden_elsewhere_caught(
+    pseudonymiser: Pseudonymiser, pair: tuple[Dataset, Dataset]
+):
+    """An identifying value copied into another kept element, deep in a sequence, is found."""
+    original, output = pair
+    output.BeamSequence[0].BeamDescription = f"for {original.PatientID}"
+    problems = validate_dataset(original, output, pseudonymiser)
+    assert any("PatientID" in p for p in problems)
+
+
+def test_nested_residual_caught(pseudonymiser: Pseudonymiser, pair: tuple[Dataset, Dataset]):
+    """A nested identifying value left unchanged is caught."""
+    original, output = pair
+    output.BeamSequence[0].OperatorsName = "Nested^Operator"
+    assert any("OperatorsName" in p for p in validate_dataset(original, output, pseudonymiser))
+
+
+def test_private_attribute_caught(pseudonymiser: Pseudonymiser, pair: tuple[Dataset, Dataset]):
+    """A private attribute in the output is a problem."""
+    original, output = pair
+    output.private_block(0x0029, "SNEAKY", create=True).add_new(0x01, "LO", "x")
+    assert any("private" in p for p in validate_dataset(original, output, pseudonymiser))
+
+
+@pytest.mark.parametrize("bad_uid", ["1.2.03.4", "1.2.3.", "2.25." + "9" * 70, "abc"])
+def test_invalid_uid_caught(
+    pseudonymiser: Pseudonymiser, pair: tuple[Dataset, Dataset], bad_uid: str
+):
+    """A malformed or over-long UID anywhere is reported."""
+    original, output = pair
+    output.BeamSequence[0].add_new(0x00081155, "UI", bad_uid)
+    problems = validate_dataset(original, output, pseudonymiser)
+    assert any("invalid UID" in p for p in problems)
+
+
+def test_invalid_changed_value_caught(pseudonymiser: Pseudonymiser, pair: tuple[Dataset, Dataset]):
+    """A changed element whose value is invalid for its VR (over-long PN) is reported."""
+    original, output = pair
+    output.PatientName = "A" * 65 + "^B"
+    problems = validate_dataset(original, output, pseudonymiser)
+    assert any("invalid PN value in PatientName" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda ds: delattr(ds, "PatientIdentityRemoved"), "PatientIdentityRemoved"),
+        (lambda ds: setattr(ds, "DeidentificationMethod", "other tool"), "DeidentificationMethod"),
+        (lambda ds: delattr(ds, "DeidentificationMethodCodeSequence"), "113100"),
+        (lambda ds: delattr(ds, "LongitudinalTemporalInformationModified"), "Longitudinal"),
+        (
+            lambda ds: setattr(ds.file_meta, "MediaStorageSOPInstanceUID", "1.2.3"),
+            "MediaStorageSOPInstanceUID",
+        ),
+    ],
+)
+def test_missing_markers_caught(
+    pseudonymiser: Pseudonymiser, pair: tuple[Dataset, Dataset], mutate, expected: str
+):
+    """Each missing or wrong PS3.15 marker is reported."""
+    original, output = pair
+    mutate(output)
+    assert any(expected in p for p in validate_dataset(original, output, pseudonymiser))
+
+
+def test_unchanged_copy_fails(pseudonymiser: Pseudonymiser, ct: Dataset):
+    """The original itself, as an output, fails on many counts."""
+    problems = validate_dataset(ct, ct, pseudonymiser)
+    assert len(problems) >= 5
+    assert any("PatientID" in p for p in problems)
+
+
+def test_validate_file(tmp_path: Path, settings: Settings, ct: Dataset):
+    """validate_file reads both files; a corrupt output is reported as unreadable."""
+    original = tmp_path / "orig.dcm"
+    output = tmp_path / "out.dcm"
+    pydicom.dcmwrite(original, ct, enforce_file_format=True)
+    pydicom.dcmwrite(
+        output, settings.pseudonymiser.pseudonymise_dataset(ct)[0], enforce_file_format=True
+    )
+    assert validate_file(original, output, settings=settings) == []
+    output.write_bytes(b"garbage")
+    assert validate_file(original, output, settings=settings) == [
+        "output unreadable (InvalidDicomError)"
+    ]
