@@ -41,7 +41,7 @@ from airflow_pseudo.pseudonymisation.engine import (
     ChangeCounts,
     Pseudonymiser,
 )
-from airflow_pseudo.pseudonymisation.profiles import Action
+from airflow_pseudo.pseudonymisation.profiles import Action, Profile
 from airflow_pseudo.pseudonymisation.strategies import PseudonymContext, Strategy, keep_value
 
 ITEM, ITEM_DELIMITER, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -53,6 +53,8 @@ _KNOWN_VRS = frozenset(vr.value for vr in VR if " or " not in vr.value)
 _UINT16 = struct.Struct("<H")
 _UINT32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")
+_VR_BY_CODE = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _PATIENT_ID = 0x00100020
 _STUDY_INSTANCE_UID = 0x0020000D
@@ -172,6 +174,7 @@ class _Rewriter:
         self.encodings: list[str] = convert_encodings(None)
         self.captured: dict[int, object] = {}
         self.new_uids: dict[int, str] = {}
+        self.actions = _ACTION_CACHE.setdefault(self.profile, {})
         self.new_text: str | None = None  # the value last written, when it was rewritten
 
     def run(self, start: int, transfer_syntax: UID) -> FastOutput:
@@ -200,18 +203,18 @@ class _Rewriter:
         buffer = self.buffer
         if position + 8 > len(buffer):
             raise FastPathUnsupported("truncated element header")
-        group, element = _TAG.unpack_from(buffer, position)
+        group, element, vr_code, short_length = _EXPLICIT_HEADER.unpack_from(buffer, position)
         tag = group << 16 | element
         if group == 0xFFFE or implicit:
             return tag, None, _UINT32.unpack_from(buffer, position + 4)[0], position + 8
-        vr = bytes(buffer[position + 4 : position + 6]).decode("ascii", "replace")
-        if vr not in _KNOWN_VRS:
+        vr = _VR_BY_CODE.get(vr_code)
+        if vr is None:
             raise FastPathUnsupported("unexpected VR bytes (implicit data in an explicit file?)")
         if vr in _LONG_LENGTH_VRS:
             if position + 12 > len(buffer):
                 raise FastPathUnsupported("truncated element header")
             return tag, vr, _UINT32.unpack_from(buffer, position + 8)[0], position + 12
-        return tag, vr, _UINT16.unpack_from(buffer, position + 6)[0], position + 8
+        return tag, vr, short_length, position + 8
 
     def _end_of_value(self, start: int, length: int, implicit_content: bool) -> int:
         """Where a value ends: after its length, or after its sequence delimiter."""
@@ -276,6 +279,10 @@ class _Rewriter:
             if tag <= previous or tag >> 16 == 0xFFFE:
                 raise FastPathUnsupported("elements out of order or misplaced delimiter")
             previous = tag
+            if tag & 0x10000:  # odd group: private, removed wherever it is
+                self.counts.removed += 1
+                position = self._end_of_value(value, length, implicit or vr == "UN")
+                continue
             if not top_level and tag == _SPECIFIC_CHARACTER_SET:
                 raise FastPathUnsupported("a sequence item with its own character set")
             if top_level and tag in _MARKERS:
@@ -300,7 +307,9 @@ class _Rewriter:
         context: PseudonymContext,
         implicit: bool,
     ) -> int:
-        action = self.profile.rule_for(BaseTag(tag)).action
+        action = self.actions.get(tag)
+        if action is None:
+            action = self.actions[tag] = self.profile.rule_for(BaseTag(tag)).action
         dictionary_vr = _dictionary_vr(tag)
         hidden = vr is None or vr == "UN"
         sequence = vr == "SQ" or (hidden and dictionary_vr == "SQ")
@@ -489,6 +498,7 @@ def _explicit(tag: int, vr: str, payload: bytes) -> bytes:
     return head + _UINT16.pack(len(payload)) + payload
 
 
+_ACTION_CACHE: weakref.WeakKeyDictionary[Profile, dict[int, Action]] = weakref.WeakKeyDictionary()
 _MARKER_CACHE: weakref.WeakKeyDictionary[
     Pseudonymiser, dict[tuple[bool, str | None], list[tuple[int, bytes | memoryview]]]
 ] = weakref.WeakKeyDictionary()

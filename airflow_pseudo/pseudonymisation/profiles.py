@@ -100,7 +100,7 @@ GROUP_LENGTH = Rule(Action.REMOVE, "group length (recomputed on write)")
 UNLISTED = Rule(Action.KEEP, "not identifying by any rule")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: profiles are built once
 class Profile:
     """A compiled profile. Build one with :func:`default_profile` or :func:`keyword_profile`.
 
