@@ -1,0 +1,275 @@
+"""One measurement in a fresh subprocess: ``python -m benchmarks.measure SPEC.json RESULT.json``.
+
+A fresh process per (tool, corpus) keeps one tool's imports, caches and warmed-up state away from
+the next, and makes ``getrusage`` report that measurement's own peak memory. Tools are imported
+lazily so this module runs under any Python 3.11 that has the one tool it is asked to time
+(dcmanon may live in a scratch venv with nothing else installed).
+
+Every repetition writes into a fresh, empty output folder that is deleted afterwards (outside the
+timed region). Logging and warnings are silenced for every tool alike, so console output (PyMedPhys
+logs several warnings per file) is not part of any tool's cost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+TOOLS = ("fast-1", "fast-n", "reference", "roundtrip", "copy", "pymedphys", "dcmanon")
+"""Every tool the suite can time, in the order of the table."""
+WARM_UP_FILES = 8
+"""Files processed, untimed, before the first timed run."""
+OPTIONAL_TOOLS = frozenset({"pymedphys", "dcmanon"})
+"""Tools that are skipped, with a note, when they cannot be imported."""
+
+BENCH_KEY = b"airflow-pseudo benchmark key, never use in production"
+"""A fixed project key: keyed pseudonyms cost the same whatever the key is."""
+
+PYMEDPHYS_PEPPER = "LZS5jElRYR7nIPpBihq8V6s5Sdie_TYwMrCtrU1dEyA"
+PYMEDPHYS_EPOCH_JITTER = 775
+
+# A tool times one pass over the files into an empty folder and returns per-file counts.
+Runner = Callable[[Sequence[str], Path], Counter[str]]
+
+
+@dataclass
+class Spec:
+    """What to measure; written by the runner as JSON."""
+
+    tool: str
+    corpus: str
+    files: list[str]
+    output_root: str
+    workers: int = 1
+    max_repeats: int = 3
+    repeat_budget_s: float = 20.0
+
+
+@dataclass
+class Measurement:
+    """What one subprocess measured; read back by the runner as JSON.
+
+    :param seconds: wall time of each repetition.
+    :param counts: per-file outcomes of the last repetition (``ok``, ``failed``, and for this
+        project ``engine:fast`` / ``engine:reference``).
+    :param peak_rss_kb: peak resident set size of the measuring process.
+    :param worker_peak_rss_kb: largest peak of any reaped child (worker) process, 0 if none.
+    """
+
+    tool: str
+    corpus: str
+    files: int
+    bytes: int
+    seconds: list[float] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    peak_rss_kb: int = 0
+    worker_peak_rss_kb: int = 0
+    version: str = ""
+    skipped: str | None = None
+    error: str | None = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else float("nan")
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files / self.median_s if self.seconds else float("nan")
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.median_s if self.seconds else float("nan")
+
+    @property
+    def failures(self) -> int:
+        return self.counts.get("failed", 0)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Measurement:
+        return cls(**record)
+
+
+def _ours(engine: str, workers: int) -> tuple[Runner, str]:
+    from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise_files
+
+    settings = Settings(key=PseudonymKey(BENCH_KEY), engine=engine)
+    settings.check()  # build the pseudonymiser once, outside the timed region
+
+    def run(files: Sequence[str], out: Path) -> Counter[str]:
+        results = pseudonymise_files(files, out, settings=settings, workers=workers)
+        counts: Counter[str] = Counter(str(r.status) for r in results)
+        counts.update(f"engine:{r.engine}" for r in results if r.status == "ok")
+        return counts
+
+    from importlib.metadata import version
+
+    return run, f"airflow-pseudo {version('airflow-pseudo')}"
+
+
+def _roundtrip() -> tuple[Runner, str]:
+    import pydicom
+
+    def run(files: Sequence[str], out: Path) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for index, source in enumerate(files):
+            pydicom.dcmread(source).save_as(out / f"{index:06d}.dcm")
+            counts["ok"] += 1
+        return counts
+
+    return run, f"pydicom {pydicom.__version__}"
+
+
+def _copy() -> tuple[Runner, str]:
+    def run(files: Sequence[str], out: Path) -> Counter[str]:
+        for index, source in enumerate(files):
+            shutil.copyfile(source, out / f"{index:06d}.dcm")
+        return Counter(ok=len(files))
+
+    return run, f"Python {sys.version.split()[0]}"
+
+
+def _pymedphys() -> tuple[Runner, str]:
+    """PyMedPhys's own API on each file as a Dataset, then save; its crashes count as failures.
+
+    PyMedPhys reads its pepper from ``~/.pymedphys/config.toml``; the runner points HOME at a
+    temporary folder holding a fixed config (:func:`write_pymedphys_home`).
+    """
+    from importlib.metadata import version
+
+    import pydicom
+    from pymedphys.experimental.pseudonymisation import pseudonymise
+
+    def run(files: Sequence[str], out: Path) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for index, source in enumerate(files):
+            try:
+                pseudonymise(pydicom.dcmread(source)).save_as(out / f"{index:06d}.dcm")
+            except Exception as exc:  # known PyMedPhys crashes, e.g. on non-ASCII names
+                counts["failed"] += 1
+                counts[f"error:{type(exc).__name__}"] += 1
+            else:
+                counts["ok"] += 1
+        return counts
+
+    return run, f"pymedphys {version('pymedphys')}"
+
+
+def _dcmanon() -> tuple[Runner, str]:
+    """dcmanon's default configuration: ``Anonymizer().anonymize(path)`` returns the bytes."""
+    from importlib.metadata import version
+
+    import dcmanon
+
+    anonymizer = dcmanon.Anonymizer()
+
+    def run(files: Sequence[str], out: Path) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for index, source in enumerate(files):
+            try:
+                data = anonymizer.anonymize(source)
+            except dcmanon.AnonymizationError as exc:
+                counts["failed"] += 1
+                counts[f"error:{type(exc).__name__}"] += 1
+                continue
+            (out / f"{index:06d}.dcm").write_bytes(data)
+            counts["ok"] += 1
+        return counts
+
+    return run, f"dcmanon {version('dcmanon')}"
+
+
+def _runner(spec: Spec) -> tuple[Runner, str]:
+    if spec.tool == "fast-1":
+        return _ours("auto", 1)
+    if spec.tool == "fast-n":
+        return _ours("auto", spec.workers)
+    if spec.tool == "reference":
+        return _ours("reference", 1)
+    if spec.tool == "roundtrip":
+        return _roundtrip()
+    if spec.tool == "copy":
+        return _copy()
+    if spec.tool == "pymedphys":
+        return _pymedphys()
+    if spec.tool == "dcmanon":
+        return _dcmanon()
+    raise ValueError(f"unknown tool {spec.tool!r}; choose from {', '.join(TOOLS)}")
+
+
+def write_pymedphys_home(home: Path) -> Path:
+    """Create a HOME whose PyMedPhys config has a fixed pepper and epoch_jitter; return it."""
+    config = home / ".pymedphys" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        f'[pseudo]\npepper = "{PYMEDPHYS_PEPPER}"\nepoch_jitter = {PYMEDPHYS_EPOCH_JITTER}\n'
+    )
+    return home
+
+
+def _empty(directory: Path) -> Path:
+    """Create ``directory``, which must not exist: every run writes into a fresh folder."""
+    directory.mkdir(parents=True)
+    return directory
+
+
+def measure(spec: Spec) -> Measurement:
+    """Time ``spec.tool`` over the files: at least once, up to ``max_repeats`` within budget."""
+    files = list(spec.files)
+    result = Measurement(spec.tool, spec.corpus, len(files), sum(os.path.getsize(f) for f in files))
+    try:
+        run, result.version = _runner(spec)
+    except ImportError as exc:
+        if spec.tool not in OPTIONAL_TOOLS:
+            raise
+        result.skipped = f"not importable: {exc}"
+        return result
+    root = Path(spec.output_root)
+    # Untimed warm-up on a few files spread over the corpus, so lazy imports and first-call set-up
+    # are not charged to the first timed run. One file for the N-worker row: a single file runs
+    # in-process, and the pool it times is started afresh by every run anyway.
+    sample = files[:: max(1, len(files) // WARM_UP_FILES)][:WARM_UP_FILES]
+    run(sample[:1] if spec.tool == "fast-n" else sample, _empty(root / "warm-up"))
+    shutil.rmtree(root / "warm-up")
+    started = time.perf_counter()
+    for repeat in range(max(1, spec.max_repeats)):
+        out = _empty(root / f"repeat-{repeat}")
+        t0 = time.perf_counter()
+        counts = run(files, out)
+        result.seconds.append(time.perf_counter() - t0)
+        result.counts = dict(counts)
+        shutil.rmtree(out)
+        if time.perf_counter() - started > spec.repeat_budget_s:
+            break
+    result.peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result.worker_peak_rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Read a :class:`Spec` from the first path, write the :class:`Measurement` to the second."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m benchmarks.measure SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    spec = Spec(**json.loads(Path(args[0]).read_text()))
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    result = measure(spec)
+    Path(args[1]).write_text(json.dumps(asdict(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""Turn measurements into the Markdown report: machine, tables, ratios and the issue's targets."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.corpus import Corpus
+from benchmarks.measure import Measurement
+
+BASELINE = "fast-1"
+"""Every ratio is taken against this project's fast path with one worker."""
+
+
+def tool_label(tool: str, workers: int) -> str:
+    """The row label of a tool; stable, so tests and readers can find rows by it."""
+    return {
+        "fast-1": "airflow-pseudo fast path, 1 worker",
+        "fast-n": f"airflow-pseudo fast path, {workers} workers",
+        "reference": "airflow-pseudo reference engine, 1 worker",
+        "roundtrip": "pydicom dcmread + save_as, no changes",
+        "copy": "plain file copy (shutil.copyfile)",
+        "pymedphys": "PyMedPhys pseudonymise",
+        "dcmanon": "dcmanon (Rust core)",
+    }[tool]
+
+
+@dataclass
+class Machine:
+    """Where and when the numbers were measured; load averages say how noisy they may be."""
+
+    cpu: str
+    cores: int
+    python: str
+    system: str
+    memory_gb: float
+    started: str
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def detect(cls) -> Machine:
+        return cls(
+            cpu=_cpu_model(),
+            cores=os.cpu_count() or 1,
+            python=sys.version.split()[0],
+            system=platform.platform(),
+            memory_gb=_memory_gb(),
+            started=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            load_before=os.getloadavg(),
+        )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return float("nan")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets: PASS, FAIL, or N/A when an input is missing."""
+
+    name: str
+    verdict: str
+    detail: str
+
+
+def _rate(results: Mapping[tuple[str, str], Measurement], corpus: str, tool: str) -> float:
+    m = results.get((corpus, tool))
+    if m is None or m.skipped or m.error or not m.seconds:
+        return math.nan
+    return m.files_per_s
+
+
+def _target(name: str, ours: float, required: float, what: str) -> Target:
+    if math.isnan(ours) or math.isnan(required):
+        return Target(name, "N/A", f"not measured: {what}")
+    verdict = "PASS" if ours >= required else "FAIL"
+    return Target(name, verdict, f"{ours:,.1f} files/s vs required {required:,.1f} ({what})")
+
+
+def targets(results: Mapping[tuple[str, str], Measurement], workers: int) -> list[Target]:
+    """The issue's benchmark targets, each with the numbers it was judged on."""
+    fast = _rate(results, "ct", BASELINE)
+    dcmanon = _rate(results, "ct", "dcmanon")
+    pymedphys = _rate(results, "ct", "pymedphys")
+    mixed_fast = _rate(results, "mixed", BASELINE)
+    roundtrip = _rate(results, "mixed", "roundtrip")
+    parallel = _rate(results, "ct", "fast-n")
+    return [
+        _target(
+            "CT: fast path (1 worker) >= 1.0x dcmanon",
+            fast,
+            1.0 * dcmanon,
+            f"dcmanon {dcmanon:,.1f} files/s, ratio {fast / dcmanon:.2f}x"
+            if not math.isnan(dcmanon)
+            else "dcmanon not installed",
+        ),
+        _target(
+            "CT: fast path (1 worker) >= 30x PyMedPhys",
+            fast,
+            30.0 * pymedphys,
+            f"PyMedPhys {pymedphys:,.1f} files/s, ratio {fast / pymedphys:.1f}x",
+        ),
+        _target(
+            "Mixed: fast path (1 worker) >= 5x pydicom round trip",
+            mixed_fast,
+            5.0 * roundtrip,
+            f"round trip {roundtrip:,.1f} files/s, ratio {mixed_fast / roundtrip:.2f}x",
+        ),
+        _target(
+            f"CT: {workers} workers >= 0.8 x {workers} x 1 worker",
+            parallel,
+            0.8 * workers * fast,
+            f"1 worker {fast:,.1f} files/s, speed-up {parallel / fast:.2f}x on {workers} workers",
+        ),
+    ]
+
+
+def _mb(kb: int) -> str:
+    return f"{kb / 1024:,.0f}"
+
+
+def _notes(m: Measurement) -> str:
+    parts = [m.version] if m.version else []
+    if m.failures:
+        errors = ", ".join(
+            f"{k.removeprefix('error:')} x{v}"
+            for k, v in m.counts.items()
+            if k.startswith("error:")
+        )
+        parts.append(
+            f"**{m.failures} failed** ({errors})" if errors else f"**{m.failures} failed**"
+        )
+    engines = {k.removeprefix("engine:"): v for k, v in m.counts.items() if k.startswith("engine:")}
+    if engines:
+        parts.append("engines: " + ", ".join(f"{k} {v}" for k, v in sorted(engines.items())))
+    return "; ".join(parts)
+
+
+def table(
+    corpus: Corpus,
+    results: Mapping[tuple[str, str], Measurement],
+    tools: Sequence[str],
+    workers: int,
+) -> str:
+    """One Markdown table for one corpus: a row per tool, in ``tools`` order."""
+    baseline = _rate(results, corpus.name, BASELINE)
+    lines = [
+        "| tool | files/s | MB/s | peak RSS MB (largest worker) | x fast path 1w | runs | notes |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for tool in tools:
+        label = tool_label(tool, workers)
+        m = results.get((corpus.name, tool))
+        if m is None:
+            lines.append(f"| {label} | - | - | - | - | 0 | not run |")
+            continue
+        if m.skipped or m.error:
+            why = f"skipped: {m.skipped}" if m.skipped else f"**crashed**: {m.error}"
+            lines.append(f"| {label} | - | - | - | - | 0 | {why} |")
+            continue
+        memory = _mb(m.peak_rss_kb)
+        if m.worker_peak_rss_kb:
+            memory += f" ({_mb(m.worker_peak_rss_kb)})"
+        ratio = m.files_per_s / baseline if baseline else math.nan
+        lines.append(
+            f"| {label} | {m.files_per_s:,.1f} | {m.mb_per_s:,.2f} | {memory} | {ratio:,.2f}x "
+            f"| {len(m.seconds)} | {_notes(m)} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(
+    machine: Machine,
+    corpora: Sequence[Corpus],
+    results: Mapping[tuple[str, str], Measurement],
+    tools: Sequence[str],
+    workers: int,
+    notes: Sequence[str],
+    elapsed_s: float,
+) -> str:
+    """The whole report, as printed and as written to ``benchmarks/results/latest.md``."""
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(machine.versions.items()))
+    out = [
+        "# airflow-pseudo benchmark",
+        "",
+        f"- Date: {machine.started}; whole run {elapsed_s:,.0f} s",
+        f"- CPU: {machine.cpu}, {machine.cores} cores; memory {machine.memory_gb:,.1f} GB",
+        f"- System: {machine.system}; Python {machine.python}",
+        "- Load average (1/5/15 min) before: "
+        + " / ".join(f"{x:.2f}" for x in machine.load_before)
+        + "; after: "
+        + " / ".join(f"{x:.2f}" for x in machine.load_after),
+    ]
+    if versions:
+        out.append(f"- Versions: {versions}")
+    out += [
+        "",
+        "files/s and MB/s are the median over the runs of one pass over the corpus, single "
+        "process unless workers are stated; MB/s counts input bytes. Ratios are files/s divided "
+        "by this project's fast path with 1 worker on the same corpus.",
+    ]
+    for corpus in corpora:
+        out += [
+            "",
+            f"## {corpus.name.upper()} corpus",
+            "",
+            f"{corpus.description}; {corpus.bytes / 1e6:,.1f} MB in total, "
+            f"{corpus.bytes / max(1, len(corpus.files)) / 1e3:,.1f} KB per file.",
+            "",
+            table(corpus, results, tools, workers),
+        ]
+    out += ["", "## Targets (issue 6)", ""]
+    out += [f"- **{t.verdict}** {t.name}: {t.detail}" for t in targets(results, workers)]
+    if notes:
+        out += ["", "## Notes", ""]
+        out += [f"- {note}" for note in notes]
+    return "\n".join(out) + "\n"
