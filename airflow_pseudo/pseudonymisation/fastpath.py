@@ -41,6 +41,7 @@ from airflow_pseudo.pseudonymisation.engine import (
     ChangeCounts,
     Pseudonymiser,
 )
+from airflow_pseudo.pseudonymisation.errors import UnsupportedInputError
 from airflow_pseudo.pseudonymisation.profiles import Action, Profile
 from airflow_pseudo.pseudonymisation.strategies import PseudonymContext, Strategy, keep_value
 
@@ -77,6 +78,10 @@ _CAPTURED = frozenset(
 
 class FastPathUnsupported(Exception):
     """This file needs the reference engine; the message says why (never a value)."""
+
+
+class TruncatedFileError(UnsupportedInputError):
+    """The file ends before its structure does: no engine may pseudonymise what is missing."""
 
 
 @dataclass
@@ -202,7 +207,7 @@ class _Rewriter:
         """Return tag, VR (None when implicit), value length and value position."""
         buffer = self.buffer
         if position + 8 > len(buffer):
-            raise FastPathUnsupported("truncated element header")
+            raise TruncatedFileError("truncated DICOM: the file ends inside an element header")
         group, element, vr_code, short_length = _EXPLICIT_HEADER.unpack_from(buffer, position)
         tag = group << 16 | element
         if group == 0xFFFE or implicit:
@@ -212,7 +217,7 @@ class _Rewriter:
             raise FastPathUnsupported("unexpected VR bytes (implicit data in an explicit file?)")
         if vr in _LONG_LENGTH_VRS:
             if position + 12 > len(buffer):
-                raise FastPathUnsupported("truncated element header")
+                raise TruncatedFileError("truncated DICOM: the file ends inside an element header")
             return tag, vr, _UINT32.unpack_from(buffer, position + 8)[0], position + 12
         return tag, vr, short_length, position + 8
 
@@ -221,7 +226,7 @@ class _Rewriter:
         if length != UNDEFINED_LENGTH:
             end = start + length
             if end > len(self.buffer):
-                raise FastPathUnsupported("value runs past the end of the file")
+                raise TruncatedFileError("truncated DICOM: a value runs past the end of the file")
             return end
         position = start
         while True:
