@@ -11,13 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from functools import partial
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
@@ -37,6 +34,7 @@ from airflow_pseudo.pseudonymisation.files import (
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.settings import Settings
 from airflow_pseudo.pseudonymisation.validation import validate_file
+from airflow_pseudo.pseudonymisation.workers import Job, run_in_processes
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +167,16 @@ class _FileJob:
         write_atomically(dataset, target)
         return FileResult(source, str(target), engine="reference", changes=counts.to_dict())
 
+    def crashed(self, source: str) -> FileResult:
+        """The record of a file whose worker process died while pseudonymising it."""
+        reason = "the worker process died while pseudonymising this file"
+        return FileResult(
+            source,
+            status="failed",
+            reason=reason,
+            quarantine=quarantine(source, reason, self.quarantine_dir),
+        )
+
     def _target(self, source: str, dataset: Dataset, settings: Settings) -> Path:
         """Where the output goes: named by pseudonymised UIDs unless the layout says otherwise."""
         if settings.output_layout == "mirror" and self.input_root is not None:
@@ -187,6 +195,11 @@ class _ValidationJob:
 
     def __init__(self, quarantine_dir: Path | None) -> None:
         self.quarantine_dir = quarantine_dir
+
+    def crashed(self, record: FileResult) -> ValidationResult:
+        """The verdict on an output whose worker process died while validating it."""
+        problem = "validation could not run: the worker process died"
+        return ValidationResult(record.source, record.output, "failed", [problem])
 
     def __call__(self, record: FileResult, settings: Settings) -> ValidationResult:
         if record.status != "ok" or not record.output:
@@ -256,22 +269,9 @@ def _exists(path: str) -> bool:
 
 # --- running jobs, in this process or in worker processes ---------------------------------
 
-_worker_settings: Settings | None = None
-
-
-def _init_worker(settings: Settings) -> None:
-    global _worker_settings
-    _worker_settings = settings
-    settings.check()
-
-
-def _call_in_worker(job: Callable[[Any, Settings], _R], item: Any) -> _R:
-    assert _worker_settings is not None
-    return job(item, _worker_settings)
-
 
 def _run(
-    job: Callable[[_T, Settings], _R],
+    job: Job[_T, _R],
     items: Sequence[_T],
     settings: Settings,
     workers: int,
@@ -280,18 +280,11 @@ def _run(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if workers == 1 or len(items) < 2:
-        for item in items:
-            result = job(item, settings)
-            if progress:
-                progress(result)
-            yield result
-        return
-    chunksize = max(1, min(64, len(items) // (workers * 4)))
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(settings,)
-    ) as pool:
-        for result in pool.map(partial(_call_in_worker, job), items, chunksize=chunksize):
-            if progress:
-                progress(result)
-            yield result
+        results: Iterator[_R] = (job(item, settings) for item in items)
+    else:
+        chunksize = max(1, min(64, len(items) // (workers * 4)))
+        results = run_in_processes(job, items, settings, workers, chunksize)
+    for result in results:
+        if progress:
+            progress(result)
+        yield result
