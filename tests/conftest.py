@@ -34,3 +34,29 @@ TEST_KEY = b"airflow-pseudo test key, never use in production"
 def key_bytes() -> bytes:
     """A fixed project key, so pseudonyms are reproducible across test runs."""
     return TEST_KEY
+
+
+# ---------------------------------------------------------------------------------------------
+# Airflow provider fixtures (owned by the provider work: hooks, sensors, operators, example DAGs)
+# ---------------------------------------------------------------------------------------------
+import json  # noqa: E402
+
+
+def pseudo_conn_json(key: bytes, **extra: object) -> str:
+    """A ``pseudo`` connection as the JSON Airflow reads from ``AIRFLOW_CONN_<ID>``."""
+    return json.dumps({"conn_type": "pseudo", "password": key.decode(), "extra": extra})
+
+
+@pytest.fixture
+def pseudo_conn(monkeypatch: pytest.MonkeyPatch, key_bytes: bytes) -> str:
+    """Define the ``pseudo_default`` connection (holding the test key) through the environment."""
+    monkeypatch.setenv("AIRFLOW_CONN_PSEUDO_DEFAULT", pseudo_conn_json(key_bytes))
+    return "pseudo_default"
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Migrate the session's SQLite metadata DB once; every ``dag.test()`` run shares it."""
+    from airflow.utils import db
+
+    db.initdb()

@@ -1,0 +1,138 @@
+"""Hook for the ``pseudo`` connection: the pseudonymisation key and its options."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+    from airflow_pseudo.pseudonymisation import PseudonymKey, Settings
+
+#: Connection extras read by :meth:`PseudoHook.get_settings`, mapped to ``Settings`` fields.
+_TEXT_EXTRAS = ("strategy", "profile", "uid_root", "pymedphys_config")
+
+
+def _blank_to_none(value: Any) -> Any:
+    """Treat an empty form value as unset."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _parse_day_range(value: Any) -> tuple[int, int]:
+    """Parse a date-shift range given as ``[a, b]`` or ``"a,b"`` / ``"a..b"``."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace("..", ",").split(",") if p.strip()]
+    else:
+        parts = list(value)
+    if len(parts) != 2:
+        raise ValueError(f"date_shift_days must hold two integers, got {len(parts)} values")
+    low, high = int(parts[0]), int(parts[1])
+    return (low, high)
+
+
+class PseudoHook(BaseHook):
+    """
+    Read the pseudonymisation key and options from a ``pseudo`` connection.
+
+    The key is the connection's password; it is masked in task logs as soon as it is read and is
+    never logged. If the password is empty, the key falls back to the ``AIRFLOW_PSEUDO_KEY``
+    environment variable (the core's :func:`~airflow_pseudo.pseudonymisation.load_key`).
+
+    Extras (all optional): ``strategy`` (``keyed`` or ``pymedphys``), ``profile``
+    (``default`` or ``pymedphys``), ``uid_root``, ``date_shift_min_days`` and
+    ``date_shift_max_days`` (or ``date_shift_days`` as ``[min, max]`` / ``"min,max"``) and
+    ``pymedphys_config`` (path to a PyMedPhys ``config.toml``).
+
+    Example connection as an environment variable::
+
+        AIRFLOW_CONN_PSEUDO_DEFAULT='{"conn_type": "pseudo", "password": "<secret>",
+                                      "extra": {"uid_root": "1.2.826.0.1.1234"}}'
+
+    :param pseudo_conn_id: The connection id. Defaults to ``pseudo_default``.
+    """
+
+    conn_name_attr = "pseudo_conn_id"
+    default_conn_name = "pseudo_default"
+    conn_type = "pseudo"
+    hook_name = "DICOM pseudonymisation key"
+
+    def __init__(self, pseudo_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pseudo_conn_id = pseudo_conn_id
+
+    @cached_property
+    def connection(self) -> Connection:
+        """Return the Airflow connection (looked up once)."""
+        return self.get_connection(self.pseudo_conn_id)
+
+    def get_key(self) -> PseudonymKey:
+        """Return the key from the connection's password, else from ``$AIRFLOW_PSEUDO_KEY``."""
+        from airflow_pseudo.pseudonymisation import PseudonymKey, load_key
+
+        password = _blank_to_none(self.connection.password)
+        if password is None:
+            return load_key()
+        mask_secret(password)
+        return PseudonymKey.from_text(password)
+
+    def get_extras(self) -> dict[str, Any]:
+        """Return the connection's extras as ``Settings`` keyword arguments (unset ones omitted)."""
+        extra = {k: _blank_to_none(v) for k, v in self.connection.extra_dejson.items()}
+        # The UI of older Airflow versions may prefix extras with ``extra__pseudo__``.
+        for name in list(extra):
+            if name.startswith("extra__pseudo__"):
+                extra.setdefault(name.removeprefix("extra__pseudo__"), extra.pop(name))
+        kwargs: dict[str, Any] = {k: extra[k] for k in _TEXT_EXTRAS if extra.get(k) is not None}
+        if extra.get("date_shift_days") is not None:
+            kwargs["date_shift_days"] = _parse_day_range(extra["date_shift_days"])
+        low, high = extra.get("date_shift_min_days"), extra.get("date_shift_max_days")
+        if low is not None or high is not None:
+            if low is None or high is None:
+                raise ValueError("set both date_shift_min_days and date_shift_max_days, or neither")
+            kwargs["date_shift_days"] = (int(low), int(high))
+        return kwargs
+
+    def get_settings(self, **overrides: Any) -> Settings:
+        """
+        Build the core's ``Settings`` from the connection, then apply ``overrides``.
+
+        An override of ``None`` leaves the connection's value in place. The key is loaded unless the
+        strategy is ``pymedphys`` and no key is configured.
+
+        :param overrides: Any ``Settings`` field, e.g. ``strategy="pymedphys"``.
+        :raises ConfigurationError: For invalid extras or settings.
+        :raises MissingKeyError: When the keyed strategy has no key.
+        """
+        from airflow_pseudo.pseudonymisation import ConfigurationError, MissingKeyError, Settings
+
+        try:
+            kwargs = self.get_extras()
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"connection {self.pseudo_conn_id!r} has an invalid extra: {exc}"
+            ) from exc
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        if "key" not in kwargs:
+            try:
+                kwargs["key"] = self.get_key()
+            except MissingKeyError:
+                if kwargs.get("strategy", "keyed") == "keyed":
+                    raise
+        settings = Settings(**kwargs)
+        settings.check()
+        return settings
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check that the connection yields usable settings; never reveal the key."""
+        try:
+            settings = self.get_settings()
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        key_id = settings.key.key_id if settings.key is not None else "none"
+        return True, f"Settings OK: strategy {settings.strategy}, key id {key_id}"

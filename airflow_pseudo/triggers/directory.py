@@ -1,0 +1,83 @@
+"""Trigger that waits, on the triggerer, for settled files in a directory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+
+class DirectoryTrigger(BaseTrigger):
+    """
+    Fire once a folder holds settled files matching a glob pattern.
+
+    Each check lists the folder with
+    :func:`~airflow_pseudo.pseudonymisation.incoming.find_settled_files` in a worker thread, so a
+    slow (e.g. network) file system never blocks the triggerer's event loop. The trigger yields one
+    event and stops: ``{"status": "success", "files": [...]}``, or
+    ``{"status": "error", "message": ...}`` if listing raised.
+
+    :param folder: The folder to watch.
+    :param pattern: Glob pattern relative to ``folder``. Defaults to ``**/*``.
+    :param settle_seconds: Minimum age of a file's modification time, in seconds.
+    :param min_files: Minimum number of settled files. Defaults to ``1``.
+    :param marker: Name of a file that must exist in ``folder`` first. Defaults to ``None``.
+    :param poke_interval: Seconds between checks. Defaults to ``30``.
+    """
+
+    def __init__(
+        self,
+        *,
+        folder: str,
+        pattern: str = "**/*",
+        settle_seconds: float = 30.0,
+        min_files: int = 1,
+        marker: str | None = None,
+        poke_interval: float = 30.0,
+    ) -> None:
+        super().__init__()
+        self.folder = folder
+        self.pattern = pattern
+        self.settle_seconds = settle_seconds
+        self.min_files = min_files
+        self.marker = marker
+        self.poke_interval = poke_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Serialize DirectoryTrigger arguments and classpath."""
+        return (
+            "airflow_pseudo.triggers.directory.DirectoryTrigger",
+            {
+                "folder": self.folder,
+                "pattern": self.pattern,
+                "settle_seconds": self.settle_seconds,
+                "min_files": self.min_files,
+                "marker": self.marker,
+                "poke_interval": self.poke_interval,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Check the folder every ``poke_interval`` seconds until settled files are found."""
+        from airflow_pseudo.pseudonymisation.incoming import find_settled_files
+
+        while True:
+            try:
+                files = await asyncio.to_thread(
+                    find_settled_files,
+                    self.folder,
+                    self.pattern,
+                    settle_seconds=self.settle_seconds,
+                    min_files=self.min_files,
+                    marker=self.marker,
+                )
+            except Exception as exc:
+                yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
+                return
+            if files:
+                self.log.info("Found %d settled file(s) in %s", len(files), self.folder)
+                yield TriggerEvent({"status": "success", "files": files})
+                return
+            await asyncio.sleep(self.poke_interval)

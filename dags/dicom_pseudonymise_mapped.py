@@ -1,0 +1,144 @@
+"""
+Scale-out variant of ``dicom_pseudonymise``: batches of files mapped over parallel tasks.
+
+wait -> ingest (claim, split into batches) -> pseudonymise[batch] -> validate[batch] -> publish
+
+``ingest`` claims the settled files like ``dicom_pseudonymise`` does, then splits them into
+batches of ``params.batch_size`` files (enlarged if needed so the number of batches stays under
+``[core] max_map_length``). ``pseudonymise`` and ``validate`` are mapped over the batches with
+dynamic task mapping, so each batch runs as its own task instance (on any worker of a Celery or
+Kubernetes deployment); each returns the per-file records of its batch. One ``publish`` collects
+every batch, writes one manifest and archives the inputs. ``params.max_failed_files`` applies per
+batch. All batches write into the same run-scoped output folder.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, Asset, Param, task
+
+from airflow_pseudo.operators.pseudonymise import PseudonymiseOperator
+from airflow_pseudo.operators.publish import PublishOperator
+from airflow_pseudo.operators.validate import ValidateOperator
+from airflow_pseudo.sensors.directory import DirectorySensor
+
+DATA_DIR = os.environ.get("AIRFLOW_PSEUDO_DATA_DIR") or os.path.join(
+    os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"), "pseudo-data"
+)
+SCHEDULE = os.environ.get("AIRFLOW_PSEUDO_MAPPED_SCHEDULE", "0 * * * *")
+
+PUBLISHED = Asset(name="dicom_pseudonymised")
+
+STAGING = "{{ params.work_dir }}/staging/{{ run_id }}"
+OUTPUT = "{{ params.work_dir }}/output/{{ run_id }}"
+QUARANTINE = "{{ params.work_dir }}/quarantine/{{ run_id }}"
+
+PARAMS = {
+    "incoming_dir": Param(f"{DATA_DIR}/incoming", type="string", description="Folder to watch"),
+    "work_dir": Param(
+        f"{DATA_DIR}/work",
+        type="string",
+        description="Staging, outputs and quarantine, per run; same file system as incoming",
+    ),
+    "publish_dir": Param(f"{DATA_DIR}/published", type="string", description="Published files"),
+    "archive_dir": Param(f"{DATA_DIR}/archive", type="string", description="Processed inputs"),
+    "pattern": Param("**/*", type="string", description="Glob of files to take"),
+    "settle_seconds": Param(60, type="number", minimum=0, description="Unchanged for this long"),
+    "min_files": Param(1, type="integer", minimum=1),
+    "max_files": Param(20000, type="integer", minimum=1, description="Files taken per run"),
+    "marker": Param(None, type=["null", "string"], description="e.g. _SUCCESS"),
+    "batch_size": Param(200, type="integer", minimum=1, description="Files per mapped task"),
+    "max_failed_files": Param(0, type="integer", minimum=0, description="Per batch"),
+    "workers": Param(1, type="integer", minimum=1, description="Processes per batch"),
+    "delete_inputs": Param(False, type="boolean", description="Delete instead of archive"),
+}
+
+with DAG(
+    dag_id="dicom_pseudonymise_mapped",
+    description="Pseudonymise DICOM in parallel batches (dynamic task mapping)",
+    schedule=SCHEDULE,
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=12),
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=15),
+    },
+    tags=["dicom", "pseudonymisation"],
+    doc_md=__doc__,
+) as dag:
+    wait = DirectorySensor(
+        task_id="wait",
+        folder="{{ params.incoming_dir }}",
+        pattern="{{ params.pattern }}",
+        settle_seconds="{{ params.settle_seconds }}",
+        min_files="{{ params.min_files }}",
+        max_files="{{ params.max_files }}",
+        marker="{{ params.marker }}",
+        mode="reschedule",
+        poke_interval=60,
+        timeout=timedelta(minutes=50).total_seconds(),
+        soft_fail=True,
+        retries=0,
+    )
+
+    @task
+    def ingest(
+        files: list[str], incoming_dir: str, staging_dir: str, batch_size: int
+    ) -> list[list[str]]:
+        """Claim the settled files, then split them into batches for the mapped tasks."""
+        import math
+
+        from airflow.sdk import conf
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_pseudo.pseudonymisation.incoming import claim_files
+
+        claimed = claim_files(files, staging_dir, incoming_dir)
+        if not claimed:
+            raise AirflowSkipException("Every file was claimed by another run")
+        max_batches = conf.getint("core", "max_map_length", fallback=1024)
+        size = max(int(batch_size), math.ceil(len(claimed) / max_batches))
+        batches = [claimed[i : i + size] for i in range(0, len(claimed), size)]
+        print(f"Claimed {len(claimed)} file(s) into {len(batches)} batch(es) of <= {size}")
+        return batches
+
+    batches = ingest(wait.output, "{{ params.incoming_dir }}", STAGING, "{{ params.batch_size }}")
+
+    pseudonymise = PseudonymiseOperator.partial(
+        task_id="pseudonymise",
+        input_root=STAGING,
+        output_dir=OUTPUT,
+        quarantine_dir=QUARANTINE,
+        workers="{{ params.workers }}",
+        max_failed_files="{{ params.max_failed_files }}",
+        max_active_tis_per_dagrun=8,
+    ).expand(files=batches)
+
+    validate = ValidateOperator.partial(
+        task_id="validate",
+        quarantine_dir=QUARANTINE,
+        workers="{{ params.workers }}",
+        max_active_tis_per_dagrun=8,
+    ).expand(results=pseudonymise.output)
+
+    publish = PublishOperator(
+        task_id="publish",
+        results=validate.output,
+        pseudonymise_results=pseudonymise.output,
+        destination="{{ params.publish_dir }}/{{ run_id }}",
+        output_root=OUTPUT,
+        input_root=STAGING,
+        archive_dir="{{ params.archive_dir }}/{{ run_id }}",
+        delete_inputs="{{ params.delete_inputs }}",
+        outlets=[PUBLISHED],
+    )
+
+    validate >> publish

@@ -1,0 +1,155 @@
+"""Tests for PublishOperator: copy, manifest, Asset event extra, idempotency and archiving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.sdk import Asset, ObjectStoragePath
+
+from airflow_pseudo.operators.pseudonymise import PseudonymiseOperator
+from airflow_pseudo.operators.publish import PublishOperator
+from airflow_pseudo.operators.validate import ValidateOperator
+from airflow_pseudo.testing import write_corpus
+
+ASSET = Asset(name="dicom_pseudonymised_test")
+
+
+class _Event:
+    extra: dict[str, Any] = {}
+
+
+class OutletEvents(dict):
+    """Stands in for the context's ``outlet_events`` accessor: one event object per asset."""
+
+    def __missing__(self, key: Any) -> _Event:
+        self[key] = event = _Event()
+        return event
+
+
+@pytest.fixture
+def run(tmp_path: Path, pseudo_conn: str) -> dict[str, Any]:
+    """Pseudonymise and validate a small corpus with one bad file, like the DAG does."""
+    staging = tmp_path / "staging"
+    write_corpus(staging, patients=2, series_per_study=1, instances_per_series=2)
+    (staging / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    pseudo = PseudonymiseOperator(
+        task_id="p",
+        input_path=str(staging),
+        output_dir=str(tmp_path / "out"),
+        quarantine_dir=str(tmp_path / "q"),
+        max_failed_files=1,
+    ).execute({})  # type: ignore[arg-type]
+    valid = ValidateOperator(task_id="v", results=pseudo).execute({})  # type: ignore[arg-type]
+    return {"pseudo": pseudo, "valid": valid, "staging": staging}
+
+
+def _publish(tmp_path: Path, run: dict[str, Any], **kwargs: Any) -> PublishOperator:
+    kwargs.setdefault("destination", str(tmp_path / "published"))
+    return PublishOperator(
+        task_id="publish",
+        results=run["valid"],
+        pseudonymise_results=run["pseudo"],
+        output_root=str(tmp_path / "out"),
+        input_root=str(run["staging"]),
+        outlets=[ASSET],
+        **kwargs,
+    )
+
+
+def _manifest(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_publishes_files_and_manifest(tmp_path: Path, run: dict[str, Any]):
+    """Validated outputs are copied keeping their layout; the manifest has one line per input."""
+    outlet_events = OutletEvents()
+    result = _publish(tmp_path, run).execute(
+        {"outlet_events": outlet_events, "run_id": "r1"}  # type: ignore[typeddict-item]
+    )
+    published = tmp_path / "published"
+    ok_outputs = [Path(r["output"]) for r in run["valid"] if r["status"] == "ok"]
+    for output in ok_outputs:
+        copy = published / output.relative_to(tmp_path / "out")
+        assert copy.read_bytes() == output.read_bytes()
+
+    lines = _manifest(published / "manifest.jsonl")
+    files, summary = lines[:-1], lines[-1]
+    assert len(files) == 5
+    assert summary["record"] == "summary"
+    assert summary["published"] == 4
+    assert summary["quarantined"] == 1
+    assert summary["run_id"] == "r1"
+    (bad,) = [f for f in files if f["status"] == "quarantined"]
+    assert bad["source"].endswith("broken.dcm")
+    assert bad["reason"]
+    assert bad["published"] is None
+    assert all(f["sha256"] and f["published"].startswith("file://") for f in files if f is not bad)
+
+    assert result["published"] == 4
+    assert outlet_events[ASSET].extra == {k: result[k] for k in outlet_events[ASSET].extra}
+    assert outlet_events[ASSET].extra["quarantined"] == 1
+
+
+def test_retry_is_idempotent(tmp_path: Path, run: dict[str, Any]):
+    """Publishing again copies nothing: identical files are reported unchanged."""
+    _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    result = _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    assert result["published"] == 0
+    assert result["unchanged"] == 4
+
+
+def test_changed_destination_file_is_replaced(tmp_path: Path, run: dict[str, Any]):
+    """A destination file with other content (e.g. a partial copy) is overwritten."""
+    _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    entry = next(e for e in _manifest(tmp_path / "published" / "manifest.jsonl") if e.get("sha256"))
+    target = ObjectStoragePath(entry["published"])
+    with target.open("wb") as handle:
+        handle.write(b"partial")
+    result = _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    assert result["published"] == 1
+    assert target.stat().st_size == entry["size"]
+
+
+def test_archives_inputs_after_publishing(tmp_path: Path, run: dict[str, Any]):
+    """Inputs (including the quarantined one) move to the archive keeping relative paths."""
+    sources = [Path(r["source"]) for r in run["pseudo"]]
+    result = _publish(tmp_path, run, archive_dir=str(tmp_path / "archive")).execute({})  # type: ignore[arg-type]
+    assert result["archived"] == 5
+    for source in sources:
+        assert not source.exists()
+        assert (tmp_path / "archive" / source.relative_to(run["staging"])).is_file()
+    # A retry finds them archived already.
+    again = _publish(tmp_path, run, archive_dir=str(tmp_path / "archive")).execute({})  # type: ignore[arg-type]
+    assert again["archived"] == 5
+
+
+def test_delete_inputs(tmp_path: Path, run: dict[str, Any]):
+    """With delete_inputs the processed inputs are removed instead of archived."""
+    _publish(tmp_path, run, delete_inputs=True).execute({})  # type: ignore[arg-type]
+    assert not any(Path(r["source"]).exists() for r in run["pseudo"])
+
+
+def test_inputs_stay_without_archive_option(tmp_path: Path, run: dict[str, Any]):
+    """Without archive_dir or delete_inputs, inputs are left alone."""
+    _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    assert all(Path(r["source"]).exists() for r in run["pseudo"])
+
+
+def test_object_storage_destination(tmp_path: Path, run: dict[str, Any]):
+    """The destination may be an ObjectStoragePath."""
+    destination = ObjectStoragePath(f"file://{tmp_path}/osp")
+    _publish(tmp_path, run, destination=destination).execute({})  # type: ignore[arg-type]
+    assert (tmp_path / "osp" / "manifest.jsonl").is_file()
+
+
+def test_nothing_archived_when_publish_fails(tmp_path: Path, run: dict[str, Any]):
+    """If a validated output vanished, publishing fails and no input is archived."""
+    Path(next(r["output"] for r in run["valid"] if r["status"] == "ok")).unlink()
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="missing"):
+        _publish(tmp_path, run, archive_dir=str(tmp_path / "archive")).execute({})  # type: ignore[arg-type]
+    assert all(Path(r["source"]).exists() for r in run["pseudo"])

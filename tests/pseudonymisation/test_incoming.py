@@ -1,0 +1,134 @@
+"""Tests for finding settled incoming files and claiming them for one run."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from airflow_pseudo.pseudonymisation.incoming import claim_files, find_settled_files
+
+NOW = 1_800_000_000.0
+
+
+def _write(path: Path, data: bytes = b"DICM", *, age: float = 3600.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.utime(path, (NOW - age, NOW - age))
+    return path
+
+
+class TestFindSettledFiles:
+    def test_lists_old_non_empty_files_sorted(self, tmp_path: Path):
+        """Settled files at any depth are returned as sorted absolute paths."""
+        b = _write(tmp_path / "b.dcm")
+        a = _write(tmp_path / "study" / "a.dcm")
+        assert find_settled_files(tmp_path, settle_seconds=60, now=NOW) == sorted([str(a), str(b)])
+
+    def test_file_still_being_written_is_not_settled(self, tmp_path: Path):
+        """A file modified within settle_seconds is left alone."""
+        old = _write(tmp_path / "old.dcm")
+        _write(tmp_path / "new.dcm", age=5)
+        assert find_settled_files(tmp_path, settle_seconds=60, now=NOW) == [str(old)]
+
+    def test_empty_files_are_not_settled(self, tmp_path: Path):
+        """A zero-byte file (just created) is never reported."""
+        _write(tmp_path / "empty.dcm", b"")
+        assert find_settled_files(tmp_path, settle_seconds=0, now=NOW) == []
+
+    def test_hidden_and_partial_files_are_ignored(self, tmp_path: Path):
+        """Hidden files, hidden folders and *.part / *.tmp names are producer work in progress."""
+        keep = _write(tmp_path / "x.dcm")
+        _write(tmp_path / ".hidden.dcm")
+        _write(tmp_path / ".staging" / "run" / "y.dcm")
+        _write(tmp_path / "z.dcm.part")
+        _write(tmp_path / "z.TMP")
+        assert find_settled_files(tmp_path, settle_seconds=1, now=NOW) == [str(keep)]
+
+    def test_pattern_filters(self, tmp_path: Path):
+        """Only files matching the glob pattern are returned."""
+        dcm = _write(tmp_path / "s" / "a.dcm")
+        _write(tmp_path / "s" / "notes.txt")
+        assert find_settled_files(tmp_path, "**/*.dcm", settle_seconds=1, now=NOW) == [str(dcm)]
+
+    def test_min_files(self, tmp_path: Path):
+        """Nothing is returned until min_files files are settled."""
+        _write(tmp_path / "a.dcm")
+        assert find_settled_files(tmp_path, settle_seconds=1, min_files=2, now=NOW) == []
+        _write(tmp_path / "b.dcm")
+        assert len(find_settled_files(tmp_path, settle_seconds=1, min_files=2, now=NOW)) == 2
+
+    def test_marker_must_exist_and_is_not_reported(self, tmp_path: Path):
+        """With a marker, files are reported once the marker exists, never the marker itself."""
+        a = _write(tmp_path / "a.dcm")
+        assert find_settled_files(tmp_path, settle_seconds=1, marker="_SUCCESS", now=NOW) == []
+        _write(tmp_path / "_SUCCESS")
+        assert find_settled_files(tmp_path, settle_seconds=1, marker="_SUCCESS", now=NOW) == [
+            str(a)
+        ]
+
+    def test_missing_folder_has_no_files(self, tmp_path: Path):
+        """A folder that does not exist (yet) is treated as empty."""
+        assert find_settled_files(tmp_path / "nope", settle_seconds=0) == []
+
+    def test_default_now_is_current_time(self, tmp_path: Path):
+        """Without ``now`` the wall clock is used."""
+        path = tmp_path / "fresh.dcm"
+        path.write_bytes(b"x")
+        assert find_settled_files(tmp_path, settle_seconds=3600) == []
+        assert find_settled_files(tmp_path, settle_seconds=0) == [str(path)]
+
+
+class TestClaimFiles:
+    def test_moves_files_keeping_relative_paths(self, tmp_path: Path):
+        """Claimed files move into staging under their path relative to the incoming root."""
+        incoming = tmp_path / "incoming"
+        files = [_write(incoming / "p1" / "a.dcm"), _write(incoming / "b.dcm")]
+        staging = tmp_path / "staging" / "run1"
+        claimed = claim_files(files, staging, incoming)
+        assert claimed == [str(staging / "p1" / "a.dcm"), str(staging / "b.dcm")]
+        assert all(Path(c).read_bytes() == b"DICM" for c in claimed)
+        assert not any(f.exists() for f in files)
+
+    def test_file_taken_by_another_run_is_skipped(self, tmp_path: Path):
+        """A file another run already moved away is skipped, not an error."""
+        incoming = tmp_path / "incoming"
+        a, b = _write(incoming / "a.dcm"), _write(incoming / "b.dcm")
+        first = claim_files([a], tmp_path / "run1", incoming)
+        second = claim_files([a, b], tmp_path / "run2", incoming)
+        assert first == [str(tmp_path / "run1" / "a.dcm")]
+        assert second == [str(tmp_path / "run2" / "b.dcm")]
+
+    def test_retry_returns_already_claimed_files(self, tmp_path: Path):
+        """Claiming again into the same staging folder (a retry) returns what it already holds."""
+        incoming = tmp_path / "incoming"
+        a = _write(incoming / "a.dcm")
+        staging = tmp_path / "run1"
+        assert claim_files([a], staging, incoming) == claim_files([a], staging, incoming)
+
+    def test_file_outside_root_is_refused(self, tmp_path: Path):
+        """A path outside the incoming root is a programming error."""
+        other = _write(tmp_path / "elsewhere" / "a.dcm")
+        with pytest.raises(ValueError, match="is not in the subpath"):
+            claim_files([other], tmp_path / "run", tmp_path / "incoming")
+
+    def test_overlapping_runs_never_take_the_same_file(self, tmp_path: Path):
+        """Two concurrent claims of the same files split them, with no file taken twice or lost."""
+        incoming = tmp_path / "incoming"
+        files = [_write(incoming / f"{i:03}.dcm") for i in range(200)]
+        results: dict[str, list[str]] = {}
+        barrier = threading.Barrier(2)
+
+        def run(name: str) -> None:
+            barrier.wait()
+            results[name] = claim_files(files, tmp_path / name, incoming)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("r1", "r2")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        names = [Path(p).name for p in results["r1"] + results["r2"]]
+        assert sorted(names) == sorted(f.name for f in files)
