@@ -178,6 +178,7 @@ class _Rewriter:
         self.counts = ChangeCounts()
         self.encodings: list[str] = convert_encodings(None)
         self.captured: dict[int, object] = {}
+        self.parsed: dict[int, tuple[int, str | None, int, int]] = {}  # top-level headers read
         self.new_uids: dict[int, str] = {}
         self.actions = _ACTION_CACHE.setdefault(self.profile, {})
         self.new_text: str | None = None  # the value last written, when it was rewritten
@@ -250,9 +251,11 @@ class _Rewriter:
         """Read the few top-level values needed before rewriting (patient, charset, flags)."""
         end = len(self.buffer)
         while position < end:
-            tag, vr, length, value = self._header(position, self.implicit)
+            header = self._header(position, self.implicit)
+            tag, vr, length, value = header
             if tag > _LAST_CAPTURED:
                 return
+            self.parsed[position] = header
             if tag in _CAPTURED and length != UNDEFINED_LENGTH:
                 element = self._decode(tag, vr, length, value)
                 self.captured[tag] = element.value
@@ -277,8 +280,9 @@ class _Rewriter:
         """Rewrite elements up to ``end`` or, when ``end`` is None, to an item delimiter."""
         implicit = self.implicit if implicit is None else implicit
         previous = -1
+        parsed = self.parsed if top_level else {}
         while end is None or position < end:
-            tag, vr, length, value = self._header(position, implicit)
+            tag, vr, length, value = parsed.get(position) or self._header(position, implicit)
             if tag == ITEM_DELIMITER and end is None:
                 return value
             if tag <= previous or tag >> 16 == 0xFFFE:
