@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from airflow_pseudo.pseudonymisation.fastpath import (
     pseudonymise_buffer,
 )
 from airflow_pseudo.pseudonymisation.files import read_dataset
-from airflow_pseudo.testing import make_instance
+from airflow_pseudo.testing import make_instance, write_ct_copies
 
 TEST_FILES = Path(get_testdata_file("CT_small.dcm", download=False)).parent
 
@@ -180,3 +182,55 @@ def test_truncated_file_fails_with_a_clear_reason(tmp_path: Path, settings: Sett
     assert result.reason is not None
     assert result.reason.startswith("truncated DICOM")
     assert not list((tmp_path / "out").rglob("*.dcm"))
+
+
+_PEAK_MEMORY_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise_files
+
+files = sorted(Path(sys.argv[1]).glob("*.dcm"))
+settings = Settings(key=PseudonymKey(b"memory test key, 32 bytes long.."), engine=sys.argv[3])
+settings.check()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+results = pseudonymise_files(files, sys.argv[2], settings=settings)
+assert {r.status for r in results} == {"ok"}, [r.reason for r in results]
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, results[0].engine)
+"""
+
+
+def _peak_kib(source: Path, output: Path, engine: str = "auto") -> tuple[int, int, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY_SCRIPT, str(source), str(output), engine],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    before, after, used = done.stdout.split()
+    return int(before), int(after), used
+
+
+@pytest.mark.slow
+def test_a_large_file_is_not_held_twice(tmp_path: Path):
+    """A 96 MB multi-frame file raises peak memory by about one copy of it, not two."""
+    size_mib = 96
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    frames = size_mib * 1024 * 1024 // (128 * 128 * 2)
+    dataset.NumberOfFrames = frames
+    dataset.PixelData = bytes(frames * 128 * 128 * 2)
+    (tmp_path / "in").mkdir()
+    dataset.save_as(tmp_path / "in" / "large.dcm")
+    del dataset
+    before, after, engine = _peak_kib(tmp_path / "in", tmp_path / "out")
+    assert engine == "fast"
+    assert after - before < 1.3 * size_mib * 1024
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path: Path):
+    """Four times the files cost no more peak memory than a quarter of them, give or take."""
+    write_ct_copies(tmp_path / "few", 50)
+    write_ct_copies(tmp_path / "many", 200)
+    _, few, _ = _peak_kib(tmp_path / "few", tmp_path / "out-few")
+    _, many, _ = _peak_kib(tmp_path / "many", tmp_path / "out-many")
+    assert many - few < 16 * 1024
