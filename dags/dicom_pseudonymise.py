@@ -7,7 +7,10 @@ wait (DirectorySensor) -> ingest (claim the settled files) -> pseudonymise -> va
   settles before the sensor's timeout the run ends as *skipped*, so an empty folder never pages
   anyone.
 - **ingest** moves the files into a staging folder of this run (one atomic rename per file), so
-  two overlapping runs never take the same file.
+  two overlapping runs never take the same file. They get neutral names (``000001.dcm``...) so
+  no file or folder name, which may carry PHI, reaches XCom, logs or manifests; the original
+  relative paths are kept only in ``claims.jsonl`` in the staging folder. The sensor pushes
+  only a count for the same reason.
 - **pseudonymise** returns one result record per file (XCom); failed files are quarantined, and
   the task fails if more than ``params.max_failed_files`` failed.
 - **validate** re-checks every output against its original and fails on any residual identifier.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
 
@@ -65,6 +69,20 @@ PARAMS = {
     "delete_inputs": Param(False, type="boolean", description="Delete instead of archive"),
 }
 
+
+def _settled(params: dict[str, Any]) -> list[str]:
+    """The settled files the sensor counted, listed again with the same options and cap."""
+    from airflow_pseudo.pseudonymisation.incoming import find_settled_files
+
+    files = find_settled_files(
+        params["incoming_dir"],
+        params["pattern"],
+        settle_seconds=float(params["settle_seconds"]),
+        marker=params.get("marker") or None,
+    )
+    return files[: int(params["max_files"])]
+
+
 with DAG(
     dag_id="dicom_pseudonymise",
     description="Pseudonymise, validate and publish DICOM from an incoming folder",
@@ -92,6 +110,7 @@ with DAG(
         min_files="{{ params.min_files }}",
         max_files="{{ params.max_files }}",
         marker="{{ params.marker }}",
+        return_files=False,  # names may carry PHI: push only the count
         mode="reschedule",
         poke_interval=60,
         timeout=timedelta(minutes=25).total_seconds(),
@@ -100,19 +119,24 @@ with DAG(
     )
 
     @task
-    def ingest(files: list[str], incoming_dir: str, staging_dir: str) -> list[str]:
-        """Claim the settled files by moving them into this run's staging folder."""
+    def ingest(found: int, staging_dir: str, params: dict[str, Any] | None = None) -> list[str]:
+        """Claim the settled files into this run's staging folder, under neutral names.
+
+        The sensor pushes only a count, so the files are listed again here; the original names
+        (which may carry PHI) go only to ``claims.jsonl`` in the staging folder.
+        """
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_pseudo.pseudonymisation.incoming import claim_files
+        from airflow_pseudo.pseudonymisation.incoming import claim_files_neutral
 
-        claimed = claim_files(files, staging_dir, incoming_dir)
+        files = _settled(params or {})
+        claimed = claim_files_neutral(files, staging_dir, (params or {})["incoming_dir"])
         if not claimed:
             raise AirflowSkipException("Every file was claimed by another run")
         print(f"Claimed {len(claimed)} of {len(files)} file(s) into {staging_dir}")
         return claimed
 
-    claimed = ingest(wait.output, "{{ params.incoming_dir }}", STAGING)
+    claimed = ingest(wait.output, STAGING)
 
     pseudonymise = PseudonymiseOperator(
         task_id="pseudonymise",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, task
 
@@ -55,6 +56,20 @@ PARAMS = {
     "delete_inputs": Param(False, type="boolean", description="Delete instead of archive"),
 }
 
+
+def _settled(params: dict[str, Any]) -> list[str]:
+    """The settled files the sensor counted, listed again with the same options and cap."""
+    from airflow_pseudo.pseudonymisation.incoming import find_settled_files
+
+    files = find_settled_files(
+        params["incoming_dir"],
+        params["pattern"],
+        settle_seconds=float(params["settle_seconds"]),
+        marker=params.get("marker") or None,
+    )
+    return files[: int(params["max_files"])]
+
+
 with DAG(
     dag_id="dicom_pseudonymise_mapped",
     description="Pseudonymise DICOM in parallel batches (dynamic task mapping)",
@@ -82,6 +97,7 @@ with DAG(
         min_files="{{ params.min_files }}",
         max_files="{{ params.max_files }}",
         marker="{{ params.marker }}",
+        return_files=False,  # names may carry PHI: push only the count
         mode="reschedule",
         poke_interval=60,
         timeout=timedelta(minutes=50).total_seconds(),
@@ -91,17 +107,26 @@ with DAG(
 
     @task
     def ingest(
-        files: list[str], incoming_dir: str, staging_dir: str, batch_size: int
+        found: int | list[str],
+        incoming_dir: str,
+        staging_dir: str,
+        batch_size: int,
+        params: dict[str, Any] | None = None,
     ) -> list[list[str]]:
-        """Claim the settled files, then split them into batches for the mapped tasks."""
+        """Claim the settled files under neutral names, then split them into batches.
+
+        The sensor pushes only a count (names may carry PHI), so the files are listed again here;
+        a list (as from a sensor with ``return_files=True``) is used as given.
+        """
         import math
 
         from airflow.sdk import conf
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from airflow_pseudo.pseudonymisation.incoming import claim_files
+        from airflow_pseudo.pseudonymisation.incoming import claim_files_neutral
 
-        claimed = claim_files(files, staging_dir, incoming_dir)
+        files = found if isinstance(found, list) else _settled(params or {})
+        claimed = claim_files_neutral(files, staging_dir, incoming_dir)
         if not claimed:
             raise AirflowSkipException("Every file was claimed by another run")
         max_batches = conf.getint("core", "max_map_length", fallback=1024)

@@ -8,6 +8,7 @@ the same as with one worker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,9 +24,12 @@ from pydicom.dataset import Dataset
 from airflow_pseudo.pseudonymisation.errors import PseudonymisationError
 from airflow_pseudo.pseudonymisation.fastpath import mapped, pseudonymise_buffer
 from airflow_pseudo.pseudonymisation.files import (
+    InputOutsideRootError,
+    check_input_file,
     check_not_inside,
     iter_files,
     read_dataset,
+    remove_stale_temporaries,
     safe_join,
     sniff_dicom,
     uid_relpath,
@@ -101,6 +105,8 @@ def pseudonymise_files(
     if input_root is not None:
         check_not_inside(output_dir, input_root, "output")
         check_not_inside(quarantine, input_root, "quarantine")
+    if removed := remove_stale_temporaries(output_dir):
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
     job = _FileJob(
         Path(output_dir).resolve(),
         quarantine.resolve(),
@@ -139,13 +145,19 @@ class _FileJob:
     def __call__(self, source: str, settings: Settings) -> FileResult:
         started = time.perf_counter()
         try:
+            check_input_file(source, self.input_root)
             if not _named_as_dicom(source) and not sniff_dicom(source):
                 return FileResult(source, status="skipped", reason="not a DICOM file")
             result = self._pseudonymise(source, settings)
         except Exception as exc:
             reason = failure_reason(exc)
             result = FileResult(source, status="failed", reason=reason)
-            result.quarantine = quarantine(source, reason, self.quarantine_dir)
+            # A link leading outside the input folder is quarantined as the link itself: its
+            # target is exactly what must not be read.
+            outside = isinstance(exc, InputOutsideRootError)
+            result.quarantine = quarantine(
+                source, reason, self.quarantine_dir, follow_symlinks=not outside
+            )
         log.debug("%s in %.3f s", result.status, time.perf_counter() - started)
         return result
 
@@ -237,8 +249,17 @@ def failure_reason(exc: BaseException) -> str:
     return f"pseudonymisation failed ({type(exc).__name__})"
 
 
-def quarantine(source: PathLike, reason: str, folder: Path, *, move: bool = False) -> str | None:
+def quarantine(
+    source: PathLike,
+    reason: str,
+    folder: Path,
+    *,
+    move: bool = False,
+    follow_symlinks: bool = True,
+) -> str | None:
     """Put a copy of ``source`` (moved, for rejected outputs) in ``folder`` with its reason.
+
+    With ``follow_symlinks=False`` a symbolic link is copied as a link, its target never read.
 
     The quarantined name is a digest of the source path, so it carries no identifying text.
     """
@@ -252,7 +273,9 @@ def quarantine(source: PathLike, reason: str, folder: Path, *, move: bool = Fals
         if move:
             shutil.move(source, target)
         else:
-            shutil.copyfile(source, target)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)  # a link copied by an earlier run would be followed
+            shutil.copyfile(source, target, follow_symlinks=follow_symlinks)
     except OSError as exc:
         log.warning("could not quarantine a file: %s", exc.strerror or type(exc).__name__)
         return None

@@ -48,6 +48,9 @@ from airflow_pseudo.pseudonymisation.strategies import PseudonymContext, Strateg
 ITEM, ITEM_DELIMITER, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PREAMBLE_AND_PREFIX = 132
+# Real data nests a few levels (SR content trees a few dozen at most); far deeper nesting is
+# built to exhaust parsers, and pydicom cannot read it back.
+MAX_SEQUENCE_DEPTH = 64
 
 _LONG_LENGTH_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
 _KNOWN_VRS = frozenset(vr.value for vr in VR if " or " not in vr.value)
@@ -179,6 +182,7 @@ class _Rewriter:
         self.encodings: list[str] = convert_encodings(None)
         self.captured: dict[int, object] = {}
         self.parsed: dict[int, tuple[int, str | None, int, int]] = {}  # top-level headers read
+        self.depth = 0
         self.new_uids: dict[int, str] = {}
         self.actions = _ACTION_CACHE.setdefault(self.profile, {})
         self.new_text: str | None = None  # the value last written, when it was rewritten
@@ -385,7 +389,13 @@ class _Rewriter:
             out.append((tag, _ITEM_UNDEFINED))
             item_end = None if item_length == UNDEFINED_LENGTH else item_value + item_length
             inner: list[tuple[int, bytes | memoryview]] = []
+            self.depth += 1
+            if self.depth > MAX_SEQUENCE_DEPTH:
+                raise UnsupportedInputError(
+                    f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels are refused"
+                )
             position = self._elements(item_value, item_end, inner, context, implicit=implicit)
+            self.depth -= 1
             out.extend((tag, chunk) for _, chunk in inner)  # nested chunks sort with their parent
             out.append((tag, _ITEM_DELIMITER_BYTES))
         if end is not None and position != end:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import os
+import re
+import socket
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePath
@@ -24,6 +27,31 @@ PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 # Groups a dataset without preamble can start with: file meta, or the usual first modules.
 _FIRST_GROUPS = frozenset({0x0002, 0x0008})
+
+
+class InputOutsideRootError(UnsupportedInputError):
+    """An input reached through a symbolic link that leads outside the input folder."""
+
+
+def check_input_file(path: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> None:
+    """Refuse an input that is not a regular file, or that resolves outside ``root``.
+
+    Checked before any ``open``: opening a FIFO blocks for ever, and a symbolic link planted in
+    an incoming folder must not make the tool read (and publish) a file from elsewhere.
+
+    :raises InputOutsideRootError: a symbolic link somewhere in the path leads outside ``root``.
+    :raises UnsupportedInputError: a directory, FIFO, socket or device.
+    :raises FileNotFoundError: the file (or a link's target) does not exist.
+    """
+    if root is not None:
+        base = Path(root).resolve()
+        target = Path(path).resolve()
+        if target != base and base not in target.parents:
+            raise InputOutsideRootError(
+                "refused: the input lies outside the input folder (a link leading out of it)"
+            )
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise UnsupportedInputError("not a regular file (a directory, FIFO, socket or device)")
 
 
 def sniff_dicom(path: str | os.PathLike[str]) -> bool:
@@ -48,14 +76,24 @@ def read_dataset(path: str | os.PathLike[str], *, named_as_dicom: bool = False) 
 
     :param named_as_dicom: the sender called it DICOM (``.dcm``): try harder to parse it.
     """
-    if not named_as_dicom and not sniff_dicom(path):
+    if os.path.getsize(path) == 0:
+        raise UnsupportedInputError("empty file (0 bytes)")
+    looks_like_dicom = sniff_dicom(path)
+    if not named_as_dicom and not looks_like_dicom:
         raise UnsupportedInputError("not a DICOM file (no DICM prefix and no dataset start)")
     try:
-        return pydicom.dcmread(path, force=True)
+        dataset = pydicom.dcmread(path, force=True)
+        # Decode every element now: one pydicom cannot decode (an unknown VR, say) would
+        # otherwise be copied raw into an output that no reader accepts.
+        for _ in dataset.iterall():
+            pass
     except (OSError, EOFError):
         raise
     except Exception as exc:
         raise UnsupportedInputError(f"unreadable DICOM ({type(exc).__name__})") from None
+    if not looks_like_dicom and "SOPInstanceUID" not in dataset:
+        raise UnsupportedInputError("not a DICOM file (named as one, but nothing reads as DICOM)")
+    return dataset
 
 
 def iter_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
@@ -107,7 +145,7 @@ def write_atomically(
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=target.parent)
+    fd, temporary = tempfile.mkstemp(prefix=_temporary_prefix(), suffix=".dcm", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
             if isinstance(content, Dataset):
@@ -121,6 +159,47 @@ def write_atomically(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+_TEMPORARY = re.compile(r"^\.tmp-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-.*\.dcm$")
+
+
+def _temporary_prefix() -> str:
+    """``.tmp-<host>-<pid>-``: lets a later run tell a dead writer's leftovers from live ones."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname()) or "host"
+    return f".tmp-{host}-{os.getpid()}-"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete temporary files left below ``folder`` by writers on this host that have died.
+
+    A killed run (SIGKILL, OOM) cannot clean up after itself. Files of live processes, of other
+    hosts (a shared file system) or of unknown form are left alone. Returns how many went.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    host = re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname()) or "host"
+    removed = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            match = _TEMPORARY.match(name)
+            if not match or match["host"] != host or _alive(int(match["pid"])):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _link_into_place(temporary: Path, target: Path) -> None:

@@ -12,12 +12,24 @@ and files in hidden folders are always ignored.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["IGNORED_SUFFIXES", "claim_files", "find_settled_files"]
+__all__ = [
+    "CLAIMS_FILE",
+    "IGNORED_SUFFIXES",
+    "claim_files",
+    "claim_files_neutral",
+    "find_settled_files",
+]
+
+#: Name of the mapping file (neutral name -> original relative path) in a staging folder.
+CLAIMS_FILE = "claims.jsonl"
+#: Suffixes kept on neutral names, so a ``.dcm`` that is not DICOM still fails (not skipped).
+_KEPT_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 
 #: Suffixes of files still being written by a producer; never reported as settled.
 IGNORED_SUFFIXES: tuple[str, ...] = (".part", ".tmp", ".partial", ".crdownload")
@@ -118,4 +130,69 @@ def claim_files(
                 ) from exc
             raise
         claimed.append(str(target))
+    return claimed
+
+
+def claim_files_neutral(
+    files: Iterable[str | os.PathLike[str]],
+    staging_dir: str | os.PathLike[str],
+    incoming_root: str | os.PathLike[str],
+) -> list[str]:
+    """
+    Like :func:`claim_files`, but the claimed files get neutral names (``000001.dcm``...).
+
+    File and folder names often carry patient names or IDs; with neutral names none of them
+    reaches XCom, task logs, result records, quarantine notes or manifests. The original relative
+    path of each file is written to ``staging_dir/claims.jsonl`` (``{"claimed", "original"}`` per
+    line, flushed to disk before the rename), which stays in the staging folder: a PHI zone, like
+    the incoming folder. A retry reuses the mapping, so it returns the same names.
+
+    Only the suffixes ``.dcm``, ``.dicom`` and ``.dic`` are kept (a suffix can carry text too).
+
+    :return: The claimed files' new paths, in input order.
+    :raises ValueError: If a file is not under ``incoming_root``.
+    :raises OSError: If the staging folder is on another file system (``EXDEV``).
+    """
+    root = Path(incoming_root).absolute()
+    staging = Path(staging_dir).absolute()
+    staging.mkdir(parents=True, exist_ok=True)
+    mapping_path = staging / CLAIMS_FILE
+    known: dict[str, str] = {}
+    if mapping_path.exists():
+        for line in mapping_path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                known[entry["original"]] = entry["claimed"]
+    claimed: list[str] = []
+    with open(mapping_path, "a", encoding="utf-8") as mapping:
+        for file in files:
+            source = Path(file).absolute()
+            relative = source.relative_to(root).as_posix()
+            name = known.get(relative)
+            if name is None:
+                suffix = source.suffix.lower() if source.suffix.lower() in _KEPT_SUFFIXES else ""
+                name = f"{len(known) + 1:06d}{suffix}"
+                known[relative] = name
+                # Recorded before the rename: a crash in between never loses the original name.
+                mapping.write(json.dumps({"claimed": name, "original": relative}) + "\n")
+                mapping.flush()
+                os.fsync(mapping.fileno())
+            target = staging / name
+            if target.exists():  # a retry: never replace a file already claimed
+                claimed.append(str(target))
+                continue
+            try:
+                os.rename(source, target)
+            except FileNotFoundError:
+                if target.is_file():  # claimed by an earlier try of this same run
+                    claimed.append(str(target))
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:
+                    raise OSError(
+                        exc.errno,
+                        f"staging folder {staging} must be on the same file system as {root}",
+                    ) from exc
+                raise
+            claimed.append(str(target))
     return claimed

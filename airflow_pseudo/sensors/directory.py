@@ -41,6 +41,9 @@ class DirectorySensor(BaseSensorOperator):
         (templated)
     :param max_files: Return at most this many files (the oldest names first, sorted); the rest
         wait for the next run. Defaults to ``None`` (no cap). (templated)
+    :param return_files: Push the list of paths to XCom (the default). With ``False`` only their
+        count is pushed: file and folder names may carry patient names, and XCom is stored in
+        the metadata database and shown in the UI; the next task lists the folder itself.
     :param deferrable: Wait on the triggerer instead of a worker. Defaults to
         ``[operators] default_deferrable``.
     """
@@ -64,6 +67,7 @@ class DirectorySensor(BaseSensorOperator):
         min_files: int | str = 1,
         marker: str | None = None,
         max_files: int | str | None = None,
+        return_files: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
@@ -74,10 +78,12 @@ class DirectorySensor(BaseSensorOperator):
         self.min_files = min_files
         self.marker = marker
         self.max_files = max_files
+        self.return_files = return_files
         self.deferrable = deferrable
 
-    def _cap(self, files: list[str]) -> list[str]:
-        return files[: int(self.max_files)] if self.max_files else files
+    def _cap(self, files: list[str]) -> list[str] | int:
+        capped = files[: int(self.max_files)] if self.max_files else files
+        return capped if self.return_files else len(capped)
 
     def _listing_args(self) -> dict[str, Any]:
         """Return the rendered listing options, converted from template strings."""
@@ -106,16 +112,26 @@ class DirectorySensor(BaseSensorOperator):
         if first.is_done:
             return first.xcom_value
         self.defer(
-            trigger=DirectoryTrigger(**self._listing_args(), poke_interval=self.poke_interval),
+            trigger=DirectoryTrigger(
+                **self._listing_args(),
+                poke_interval=self.poke_interval,
+                return_files=self.return_files,
+            ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None
+    ) -> list[str] | int:
         """Return the files found by the trigger."""
         if not event or event.get("status") != "success":
             message = (event or {}).get("message", "no event")
             raise AirflowException(f"DirectoryTrigger failed: {message}")
+        if "count" in event:  # the trigger was told not to return names
+            count = int(event["count"])
+            self.log.info("%d settled file(s) in %s", count, self.folder)
+            return min(count, int(self.max_files)) if self.max_files else count
         files: list[str] = list(event.get("files", []))
         self.log.info("%d settled file(s) in %s", len(files), self.folder)
         return self._cap(files)

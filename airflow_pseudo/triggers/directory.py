@@ -25,6 +25,9 @@ class DirectoryTrigger(BaseTrigger):
     :param min_files: Minimum number of settled files. Defaults to ``1``.
     :param marker: Name of a file that must exist in ``folder`` first. Defaults to ``None``.
     :param poke_interval: Seconds between checks. Defaults to ``30``.
+    :param return_files: Put the paths in the event (the default). With ``False`` the event holds
+        only ``"count"``: event payloads are stored in the metadata database, and file names may
+        carry patient names.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class DirectoryTrigger(BaseTrigger):
         min_files: int = 1,
         marker: str | None = None,
         poke_interval: float = 30.0,
+        return_files: bool = True,
     ) -> None:
         super().__init__()
         self.folder = folder
@@ -44,6 +48,7 @@ class DirectoryTrigger(BaseTrigger):
         self.min_files = min_files
         self.marker = marker
         self.poke_interval = poke_interval
+        self.return_files = return_files
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Serialize DirectoryTrigger arguments and classpath."""
@@ -56,6 +61,7 @@ class DirectoryTrigger(BaseTrigger):
                 "min_files": self.min_files,
                 "marker": self.marker,
                 "poke_interval": self.poke_interval,
+                "return_files": self.return_files,
             },
         )
 
@@ -78,6 +84,9 @@ class DirectoryTrigger(BaseTrigger):
                 return
             if files:
                 self.log.info("Found %d settled file(s) in %s", len(files), self.folder)
-                yield TriggerEvent({"status": "success", "files": files})
+                if self.return_files:
+                    yield TriggerEvent({"status": "success", "files": files})
+                else:
+                    yield TriggerEvent({"status": "success", "count": len(files)})
                 return
             await asyncio.sleep(self.poke_interval)

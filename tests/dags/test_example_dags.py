@@ -130,6 +130,12 @@ def _xcom(dr, task_id: str) -> Any:
     return [v for _, v in decoded]
 
 
+def _claims(staging: Path) -> dict[str, str]:
+    """The ingest task's mapping in a staging folder: neutral name -> original relative path."""
+    lines = (staging / "claims.jsonl").read_text().splitlines()
+    return {e["claimed"]: e["original"] for e in map(json.loads, lines)}
+
+
 def _states(dr) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in dr.get_task_instances()}
 
@@ -153,8 +159,11 @@ class TestDicomPseudonymise:
         pseudo = _xcom(dr, "pseudonymise")
         valid = _xcom(dr, "validate")
         staging = tmp_path / "work" / "staging" / dr.run_id
-        expected = sorted(str(staging / p.relative_to(tmp_path / "incoming")) for p in inputs)
-        assert sorted(r["source"] for r in pseudo) == expected
+        claims = _claims(staging)
+        assert sorted(claims.values()) == sorted(
+            p.relative_to(tmp_path / "incoming").as_posix() for p in inputs
+        )
+        assert sorted(r["source"] for r in pseudo) == sorted(str(staging / n) for n in claims)
         assert {r["status"] for r in pseudo} == {"ok"}
         assert [r["source"] for r in valid] == [r["source"] for r in pseudo]
         assert {r["status"] for r in valid} == {"ok"}
@@ -196,7 +205,8 @@ class TestDicomPseudonymise:
         assert dr.state == "success", _states(dr)
         pseudo = _xcom(dr, "pseudonymise")
         (bad,) = [r for r in pseudo if r["status"] == "failed"]
-        assert bad["source"].endswith("broken.dcm")
+        staging = tmp_path / "work" / "staging" / dr.run_id
+        assert _claims(staging)[Path(bad["source"]).name] == "broken.dcm"
         assert bad["reason"]
         assert Path(bad["quarantine"]).is_file()
         assert Path(bad["quarantine"]).is_relative_to(tmp_path / "work" / "quarantine")
@@ -251,7 +261,8 @@ class TestDicomPseudonymise:
         assert first.run_id != second.run_id
         sources = [r["source"] for r in _xcom(second, "pseudonymise")]
         assert sources
-        assert all("/batch2/" in s for s in sources)
+        claims = _claims(tmp_path / "work" / "staging" / second.run_id)
+        assert all(claims[Path(s).name].startswith("batch2/") for s in sources)
 
 
 @pytest.mark.slow
@@ -297,4 +308,7 @@ def test_mapped_batches_stay_under_max_map_length(tmp_path: Path, monkeypatch: p
     ingest = dag.task_dict["ingest"].python_callable  # type: ignore[attr-defined]
     batches = ingest(files, str(incoming), str(tmp_path / "staging"), 2)
     assert len(batches) == 3
-    assert sorted(Path(p).name for b in batches for p in b) == sorted(Path(f).name for f in files)
+    claims = _claims(tmp_path / "staging")
+    assert sorted(claims[Path(p).name] for b in batches for p in b) == sorted(
+        Path(f).name for f in files
+    )

@@ -656,12 +656,19 @@ def test_tasks_ran_on_both_workers(distributed_run: DistributedRun) -> None:
     assert mapped == set(WORKERS), f"mapped batches ran on {mapped} only"
 
 
+def _claims(staging: Path) -> dict[str, str]:
+    """ingest's mapping from neutral staging names to the original relative paths."""
+    lines = (staging / "claims.jsonl").read_text().splitlines()
+    return {e["claimed"]: e["original"] for e in map(json.loads, lines)}
+
+
 def test_xcom_records_complete(distributed_run: DistributedRun) -> None:
     staging = distributed_run.cluster.data_dir / "work" / "staging" / distributed_run.run_id
     expected = {p.relative_to(distributed_run.originals).as_posix() for p in distributed_run.files}
+    claims = _claims(staging)
     for task_id in ("pseudonymise", "validate"):
         records = distributed_run.records(task_id)
-        sources = [Path(r["source"]).relative_to(staging).as_posix() for r in records]
+        sources = [claims[Path(r["source"]).relative_to(staging).as_posix()] for r in records]
         assert len(sources) == len(expected), f"{task_id}: one record per input"
         assert set(sources) == expected, task_id
         assert {r["status"] for r in records} == {"ok"}, task_id
@@ -683,7 +690,8 @@ def test_published_files_validate(distributed_run: DistributedRun) -> None:
     published = set()
     for entry in entries:
         assert entry["status"] == "published", entry
-        original = distributed_run.originals / Path(entry["source"]).relative_to(staging)
+        claimed = Path(entry["source"]).relative_to(staging).as_posix()
+        original = distributed_run.originals / _claims(staging)[claimed]
         output = Path(entry["published"].removeprefix("file://"))
         assert output.is_relative_to(destination)
         problems = validate_file(original, output, settings=settings)

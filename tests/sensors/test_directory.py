@@ -155,6 +155,7 @@ class TestDeferrable:
             "min_files": 2,
             "marker": "_SUCCESS",
             "poke_interval": 0.01,
+            "return_files": True,
         }
         assert exc.value.method_name == "execute_complete"
         assert exc.value.timeout is not None

@@ -56,6 +56,7 @@ class TestDirectoryTrigger:
                 "min_files": 3,
                 "marker": "_SUCCESS",
                 "poke_interval": 7.0,
+                "return_files": True,
             },
         )
 

@@ -1,0 +1,115 @@
+"""Path safety: output and quarantine folders inside the input are refused at every level, and
+output names never escape the output folder. (Links leading outside the input folder: see
+test_bad_input.py.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path, PurePath
+
+import pydicom
+import pytest
+
+from airflow_pseudo.pseudonymisation import (
+    ConfigurationError,
+    PseudonymKey,
+    Settings,
+    UnsupportedInputError,
+    pseudonymise_directory,
+)
+from airflow_pseudo.pseudonymisation.files import safe_join
+from airflow_pseudo.testing import make_instance
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+CLI = str(Path(sys.executable).with_name("airflow-pseudo"))
+
+
+@pytest.fixture
+def incoming(tmp_path: Path) -> Path:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    pydicom.dcmwrite(folder / "a.dcm", make_instance("ct"), enforce_file_format=True)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("option", "relative"), [("-o", "."), ("-o", "out"), ("--quarantine", "sub/q")]
+)
+def test_cli_refuses_folders_inside_the_input(
+    tmp_path: Path, incoming: Path, option: str, relative: str
+):
+    key = tmp_path / "k"
+    key.write_bytes(b"path safety key of 32 bytes long")
+    args = [CLI, "pseudonymise", str(incoming), "--key-file", str(key)]
+    if option == "--quarantine":
+        args += ["-o", str(tmp_path / "out")]
+    args += [option, str(incoming / relative)]
+    before = sorted(p.name for p in incoming.rglob("*"))
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "must not be inside the input folder" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in incoming.rglob("*")) == before
+
+
+@pytest.mark.usefixtures("pseudo_conn")
+@pytest.mark.parametrize("which", ["output_dir", "quarantine_dir"])
+def test_operator_refuses_folders_inside_the_input(tmp_path: Path, incoming: Path, which: str):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_pseudo.operators.pseudonymise import PseudonymiseOperator
+
+    folders = {"output_dir": str(tmp_path / "out"), which: str(incoming / "inside")}
+    op = PseudonymiseOperator(task_id="p", input_path=str(incoming), **folders)
+    with pytest.raises(AirflowFailException, match="must not be inside the input folder"):
+        op.execute({"run_id": "r"})  # type: ignore[arg-type]
+    assert not (incoming / "inside").exists()
+
+
+def test_core_refuses_output_equal_to_or_inside_input(incoming: Path, key_bytes: bytes):
+    settings = Settings(key=PseudonymKey(key_bytes))
+    for output in (incoming, incoming / "deeper" / "out"):
+        with pytest.raises(ConfigurationError, match="inside the input folder"):
+            pseudonymise_directory(incoming, output, settings=settings)
+
+
+@pytest.mark.parametrize("name", ["../x.dcm", "../../etc/x.dcm", "/etc/x.dcm", "a/../../x.dcm"])
+def test_safe_join_never_escapes(tmp_path: Path, name: str):
+    with pytest.raises(UnsupportedInputError, match="escape"):
+        safe_join(tmp_path / "out", PurePath(name))
+
+
+def test_link_inside_output_folder_cannot_redirect_a_write(tmp_path: Path, key_bytes: bytes):
+    """A planted link in the output folder pointing elsewhere: the write is refused."""
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    ds = make_instance("ct")
+    pydicom.dcmwrite(incoming / "a.dcm", ds, enforce_file_format=True)
+    settings = Settings(key=PseudonymKey(key_bytes))
+    first = pseudonymise_directory(incoming, tmp_path / "out1", settings=settings)
+    study = Path(first[0].output).relative_to(tmp_path / "out1").parts[0]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / study).symlink_to(tmp_path / "elsewhere")
+    (result,) = pseudonymise_directory(incoming, tmp_path / "out2", settings=settings)
+    assert result.status == "failed"
+    assert "escape the output folder" in (result.reason or "")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_kept_uids_cannot_steer_the_output_name(tmp_path: Path, key_bytes: bytes):
+    """Even with UIDs kept unchanged, a UID shaped like a path cannot leave the output folder."""
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    ds = make_instance("ct")
+    ds.StudyInstanceUID = ".."
+    ds.SeriesInstanceUID = ".."
+    pydicom.dcmwrite(incoming / "a.dcm", ds, enforce_file_format=True)
+    keep = ("StudyInstanceUID", "SeriesInstanceUID")
+    settings = Settings(key=PseudonymKey(key_bytes), keep_keywords=keep)
+    (result,) = pseudonymise_directory(incoming, tmp_path / "out", settings=settings)
+    assert result.status == "failed", result
+    assert "escape" in (result.reason or "")
+    assert [p for p in tmp_path.iterdir() if p.suffix == ".dcm"] == []
