@@ -92,6 +92,27 @@ def _relative(path: str | None, root: Path) -> str:
         return text
 
 
+def _original_names(staging: Path) -> dict[str, str]:
+    """Map the neutral names ingest gave claimed files back to their incoming names.
+
+    The mapping lives in the staging folder (a PHI zone, like the incoming folder); the terminal
+    of the person running the demo is one too, so showing the original names here is fine.
+    """
+    from airflow_pseudo.pseudonymisation.incoming import CLAIMS_FILE
+
+    claims = staging / CLAIMS_FILE
+    if not claims.exists():
+        return {}
+    entries = (json.loads(line) for line in claims.read_text().splitlines() if line.strip())
+    return {entry["claimed"]: entry["original"] for entry in entries}
+
+
+def _input_label(source: str, staging: Path, originals: dict[str, str]) -> str:
+    claimed = _relative(source, staging)
+    original = originals.get(claimed)
+    return f"{original} (as {claimed})" if original else claimed
+
+
 def print_report(dag_run: Any, data_dir: Path) -> None:
     """Print the per-file table from XCom and where everything went."""
     from rich.console import Console
@@ -105,6 +126,7 @@ def print_report(dag_run: Any, data_dir: Path) -> None:
     published = _xcom(dag_run, "publish") or {}
     staging = data_dir / "work" / "staging" / run_id
     destination = data_dir / "published" / run_id
+    originals = _original_names(staging)
 
     console.print()
     console.print(f"[bold]Run[/] {run_id}: [bold]{dag_run.state}[/]")
@@ -134,7 +156,7 @@ def print_report(dag_run: Any, data_dir: Path) -> None:
         changes = record.get("changes") or {}
         table.add_row(
             str(number),
-            _relative(record["source"], staging),
+            _input_label(record["source"], staging, originals),
             record["status"],
             check.get("status", "-"),
             ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in changes.items() if n),
