@@ -246,6 +246,12 @@ class PublishOperator(BaseOperator):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
             count += 1
+        from airflow_pseudo.pseudonymisation.incoming import CLAIMS_FILE
+
+        claims = root / CLAIMS_FILE
+        if self.archive_dir and not delete and claims.is_file():
+            # Keep ingest's record of the original names with the inputs it names.
+            shutil.copyfile(claims, Path(self.archive_dir) / CLAIMS_FILE)
         self.log.info(
             "%s %d processed input(s)%s",
             "Deleted" if delete else "Archived",

@@ -126,6 +126,13 @@ def test_archives_inputs_after_publishing(tmp_path: Path, run: dict[str, Any]):
     assert again["archived"] == 5
 
 
+def test_claims_mapping_is_archived_with_the_inputs(tmp_path: Path, run: dict[str, Any]):
+    """Ingest's claims.jsonl (neutral name → original path) goes to the archive too."""
+    (run["staging"] / "claims.jsonl").write_text('{"claimed": "000001.dcm", "original": "a.dcm"}\n')
+    _publish(tmp_path, run, archive_dir=str(tmp_path / "archive")).execute({})  # type: ignore[arg-type]
+    assert (tmp_path / "archive" / "claims.jsonl").read_text().startswith('{"claimed"')
+
+
 def test_delete_inputs(tmp_path: Path, run: dict[str, Any]):
     """With delete_inputs the processed inputs are removed instead of archived."""
     _publish(tmp_path, run, delete_inputs=True).execute({})  # type: ignore[arg-type]
