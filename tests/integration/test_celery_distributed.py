@@ -700,8 +700,10 @@ def test_published_files_validate(distributed_run: DistributedRun) -> None:
     assert len(published) == len(distributed_run.files)
     # The inputs left the incoming folder and were archived.
     assert not [p for p in (cluster.data_dir / "incoming").rglob("*") if p.is_file()]
+    # The inputs were archived under their neutral names, with ingest's mapping beside them.
     archived = cluster.data_dir / "archive" / distributed_run.run_id
-    assert len([p for p in archived.rglob("*") if p.is_file()]) == len(distributed_run.files)
+    assert len(list(archived.rglob("*.dcm"))) == len(distributed_run.files)
+    assert (archived / "claims.jsonl").is_file()
 
 
 def test_process_pool_inside_celery_tasks(distributed_run: DistributedRun) -> None:
