@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from airflow_pseudo.pseudonymisation.errors import PseudonymisationError
 from airflow_pseudo.pseudonymisation.fastpath import mapped, pseudonymise_buffer
 from airflow_pseudo.pseudonymisation.files import (
     InputOutsideRootError,
+    StagedFile,
     check_input_file,
     check_not_inside,
     iter_files,
@@ -32,8 +32,9 @@ from airflow_pseudo.pseudonymisation.files import (
     remove_stale_temporaries,
     safe_join,
     sniff_dicom,
+    stage,
+    sync_filesystem,
     uid_relpath,
-    write_atomically,
 )
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.settings import Settings
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 Progress = Callable[[Any], None]
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+CHUNK_SIZE = 64
+"""Files per chunk: written together and made durable with one sync (``durability="batch"``)."""
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -142,33 +145,65 @@ class _FileJob:
         self.quarantine_dir = quarantine_dir
         self.input_root = input_root
 
-    def __call__(self, source: str, settings: Settings) -> FileResult:
-        started = time.perf_counter()
+    def run(self, sources: Sequence[str], settings: Settings) -> list[FileResult]:
+        """Pseudonymise a chunk of files: write them all, make them durable, then name them.
+
+        With ``durability="batch"`` one file-system sync covers the whole chunk, and only then
+        is each output linked into place, so no output name ever points at unsynced data.
+        """
+        staged: list[tuple[FileResult, StagedFile | None]] = []
+        try:
+            for source in sources:
+                staged.append(self._stage(source, settings))
+            if settings.durability == "batch" and any(file for _, file in staged):
+                sync_filesystem(self.output_dir)
+            return [self._commit(result, file) for result, file in staged]
+        finally:
+            for _, file in staged:
+                if file is not None:
+                    file.discard()
+
+    def _stage(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile | None]:
         try:
             check_input_file(source, self.input_root)
             if not _named_as_dicom(source) and not sniff_dicom(source):
-                return FileResult(source, status="skipped", reason="not a DICOM file")
-            result = self._pseudonymise(source, settings)
+                return FileResult(source, status="skipped", reason="not a DICOM file"), None
+            return self._pseudonymise(source, settings)
         except Exception as exc:
-            reason = failure_reason(exc)
-            result = FileResult(source, status="failed", reason=reason)
             # A link leading outside the input folder is quarantined as the link itself: its
             # target is exactly what must not be read.
             outside = isinstance(exc, InputOutsideRootError)
-            result.quarantine = quarantine(
-                source, reason, self.quarantine_dir, follow_symlinks=not outside
-            )
-        log.debug("%s in %.3f s", result.status, time.perf_counter() - started)
+            return self._failed(source, exc, follow_symlinks=not outside), None
+
+    def _commit(self, result: FileResult, file: StagedFile | None) -> FileResult:
+        if file is None:
+            return result
+        try:
+            file.commit()
+        except Exception as exc:
+            return self._failed(result.source, exc)
         return result
 
-    def _pseudonymise(self, source: str, settings: Settings) -> FileResult:
+    def _failed(self, source: str, exc: Exception, *, follow_symlinks: bool = True) -> FileResult:
+        reason = failure_reason(exc)
+        result = FileResult(source, status="failed", reason=reason)
+        result.quarantine = quarantine(
+            source, reason, self.quarantine_dir, follow_symlinks=follow_symlinks
+        )
+        return result
+
+    def _pseudonymise(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile]:
+        durable = settings.durability == "file"
         if settings.engine == "auto":
             try:
                 with mapped(source) as buffer:
                     fast = pseudonymise_buffer(buffer, settings.pseudonymiser)
                     target = self._target(source, fast.dataset, settings)
-                    write_atomically(fast.chunks, target)
-                return FileResult(source, str(target), engine="fast", changes=fast.counts.to_dict())
+                    file = stage(fast.chunks, target, durable=durable)
+                result = FileResult(
+                    source, str(target), engine="fast", changes=fast.counts.to_dict()
+                )
+                return result, file
             except (PseudonymisationError, OSError):
                 raise
             except Exception as exc:  # FastPathUnsupported, or anything the fast parser met
@@ -176,8 +211,8 @@ class _FileJob:
         dataset = read_dataset(source, named_as_dicom=_named_as_dicom(source))
         counts = settings.pseudonymiser.pseudonymise_in_place(dataset)
         target = self._target(source, dataset, settings)
-        write_atomically(dataset, target)
-        return FileResult(source, str(target), engine="reference", changes=counts.to_dict())
+        file = stage(dataset, target, durable=durable)
+        return FileResult(source, str(target), engine="reference", changes=counts.to_dict()), file
 
     def crashed(self, source: str) -> FileResult:
         """The record of a file whose worker process died while pseudonymising it."""
@@ -213,7 +248,10 @@ class _ValidationJob:
         problem = "validation could not run: the worker process died"
         return ValidationResult(record.source, record.output, "failed", [problem])
 
-    def __call__(self, record: FileResult, settings: Settings) -> ValidationResult:
+    def run(self, records: Sequence[FileResult], settings: Settings) -> list[ValidationResult]:
+        return [self._validate(record, settings) for record in records]
+
+    def _validate(self, record: FileResult, settings: Settings) -> ValidationResult:
         if record.status != "ok" or not record.output:
             return ValidationResult(
                 record.source, record.output, "skipped", [f"not validated: {record.status}"]
@@ -303,9 +341,13 @@ def _run(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if workers == 1 or len(items) < 2:
-        results: Iterator[_R] = (job(item, settings) for item in items)
+        results: Iterator[_R] = (
+            result
+            for start in range(0, len(items), CHUNK_SIZE)
+            for result in job.run(items[start : start + CHUNK_SIZE], settings)
+        )
     else:
-        chunksize = max(1, min(64, len(items) // (workers * 4)))
+        chunksize = max(1, min(CHUNK_SIZE, len(items) // (workers * 4)))
         results = run_in_processes(job, items, settings, workers, chunksize)
     for result in results:
         if progress:

@@ -32,7 +32,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pydicom.values import convert_value
 
 from airflow_pseudo.pseudonymisation.engine import (
@@ -42,23 +42,35 @@ from airflow_pseudo.pseudonymisation.engine import (
     Pseudonymiser,
 )
 from airflow_pseudo.pseudonymisation.errors import UnsupportedInputError
-from airflow_pseudo.pseudonymisation.profiles import Action, Profile
+from airflow_pseudo.pseudonymisation.profiles import Action
+from airflow_pseudo.pseudonymisation.scanner import (
+    CHANGE,
+    COPY,
+    DICTIONARY_SQ,
+    DROP,
+    ELEMENT,
+    ITEM,
+    KEEP,
+    REMOVE,
+    REPORT,
+    SEQUENCE_DELIMITER,
+    UNDEFINED_LENGTH,
+    Event,
+    FastPathUnsupported,
+    read_header,
+    scan_level,
+)
 from airflow_pseudo.pseudonymisation.strategies import PseudonymContext, Strategy, keep_value
 
-ITEM, ITEM_DELIMITER, SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-UNDEFINED_LENGTH = 0xFFFFFFFF
 PREAMBLE_AND_PREFIX = 132
 # Real data nests a few levels (SR content trees a few dozen at most); far deeper nesting is
 # built to exhaust parsers, and pydicom cannot read it back.
 MAX_SEQUENCE_DEPTH = 64
 
 _LONG_LENGTH_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
-_KNOWN_VRS = frozenset(vr.value for vr in VR if " or " not in vr.value)
 _UINT16 = struct.Struct("<H")
 _UINT32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
-_EXPLICIT_HEADER = struct.Struct("<HH2sH")
-_VR_BY_CODE = {vr.encode("ascii"): vr for vr in _KNOWN_VRS}
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _PATIENT_ID = 0x00100020
 _STUDY_INSTANCE_UID = 0x0020000D
@@ -68,7 +80,6 @@ _SOP_INSTANCE_UID = 0x00080018
 _BURNED_IN_ANNOTATION = 0x00280301
 _DEIDENTIFICATION_METHOD = 0x00120063
 _DEIDENTIFICATION_CODES = 0x00120064
-_LAST_CAPTURED = _BURNED_IN_ANNOTATION
 # Text VRs whose pseudonyms are plain ASCII and whose decoding pydicom does in one step.
 _PLAIN_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "PN", "SH", "TM", "UI", "UC"})
 _NAMING_UIDS = frozenset({_SOP_INSTANCE_UID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID})
@@ -77,14 +88,6 @@ _CAPTURED = frozenset(
     {_SPECIFIC_CHARACTER_SET, _PATIENT_ID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID,
      _SOP_CLASS_UID, _SOP_INSTANCE_UID, _BURNED_IN_ANNOTATION, _DEIDENTIFICATION_METHOD}
 )  # fmt: skip
-
-
-class FastPathUnsupported(Exception):
-    """This file needs the reference engine; the message says why (never a value)."""
-
-
-class TruncatedFileError(UnsupportedInputError):
-    """The file ends before its structure does: no engine may pseudonymise what is missing."""
 
 
 @dataclass
@@ -170,6 +173,46 @@ def _dictionary_vr(tag: int) -> str | None:
         return None
 
 
+class _Plans:
+    """What the fast path learns once per pseudonymiser and reuses for every file."""
+
+    def __init__(self, pseudonymiser: Pseudonymiser) -> None:
+        self.profile = pseudonymiser.profile
+        self.actions: dict[int, Action] = {}
+        self.top_level: dict[int, int] = {}
+        self.nested: dict[int, int] = {}
+        self.markers: dict[tuple[bool, str | None], list[tuple[int, bytes]]] = {}
+        # (tag, VR, implicit, raw value, patient, encodings) -> (chunk, new text, counts)
+        self.values: dict[tuple[object, ...], tuple[bytes, str, tuple[int, int, int]]] = {}
+
+    def action(self, tag: int) -> Action:
+        action = self.actions.get(tag)
+        if action is None:
+            action = self.actions[tag] = self.profile.rule_for(BaseTag(tag)).action
+        return action
+
+    def classify_top_level(self, tag: int) -> int:
+        code = DROP if tag in _MARKERS else _PLAN_CODES.get(self.action(tag), CHANGE)
+        return code | (REPORT if tag in _REPORTED else 0) | self._sequence_flag(tag)
+
+    def classify_nested(self, tag: int) -> int:
+        if tag == _SPECIFIC_CHARACTER_SET:
+            return CHANGE  # refused in :meth:`_Rewriter._element`
+        return _PLAN_CODES.get(self.action(tag), CHANGE) | self._sequence_flag(tag)
+
+    @staticmethod
+    def _sequence_flag(tag: int) -> int:
+        return DICTIONARY_SQ if _dictionary_vr(tag) == "SQ" else 0
+
+
+_PLAN_CODES = {Action.KEEP: KEEP, Action.REMOVE: REMOVE}
+_REPORTED = _CAPTURED | {_DEIDENTIFICATION_CODES}
+_MARKER_TAGS = tuple(sorted(_MARKERS))
+_PLANS: weakref.WeakKeyDictionary[Pseudonymiser, _Plans] = weakref.WeakKeyDictionary()
+_VALUE_CACHE_ENTRIES = 4096
+_VALUE_CACHE_MAX_BYTES = 1024
+
+
 class _Rewriter:
     """One pass over one file's dataset, emitting output chunks."""
 
@@ -177,188 +220,172 @@ class _Rewriter:
         self.buffer = buffer
         self.implicit = implicit
         self.pseudonymiser = pseudonymiser
-        self.profile = pseudonymiser.profile
+        plans = _PLANS.get(pseudonymiser)
+        if plans is None:
+            plans = _PLANS[pseudonymiser] = _Plans(pseudonymiser)
+        self.plans = plans
         self.counts = ChangeCounts()
         self.encodings: list[str] = convert_encodings(None)
-        self.captured: dict[int, object] = {}
-        self.parsed: dict[int, tuple[int, str | None, int, int]] = {}  # top-level headers read
         self.depth = 0
         self.new_uids: dict[int, str] = {}
-        self.actions = _ACTION_CACHE.setdefault(self.profile, {})
-        self.new_text: str | None = None  # the value last written, when it was rewritten
 
     def run(self, start: int, transfer_syntax: UID) -> FastOutput:
-        self._prescan(start)
-        self.pseudonymiser.check_burned_in(self.captured.get(_BURNED_IN_ANNOTATION))
-        if _DEIDENTIFICATION_CODES in self.captured:
+        plans = self.plans
+        events, _, removed = scan_level(
+            self.buffer, start, len(self.buffer), self.implicit,
+            plans.top_level, plans.classify_top_level, _MARKER_TAGS,
+        )  # fmt: skip
+        self.counts.removed += removed
+        captured = self._captured(events)
+        self.pseudonymiser.check_burned_in(captured.get(_BURNED_IN_ANNOTATION))
+        if _DEIDENTIFICATION_CODES in captured:
             raise FastPathUnsupported("already de-identified: merge method codes in the reference")
         context = self.pseudonymiser.context_for(
-            self.captured.get(_PATIENT_ID), self.captured.get(_STUDY_INSTANCE_UID)
+            captured.get(_PATIENT_ID), captured.get(_STUDY_INSTANCE_UID)
         )
-        body: list[tuple[int, bytes | memoryview]] = []
-        self._elements(start, len(self.buffer), body, context, top_level=True)
-        body = _merge(body, self._markers())
-        named = self._naming_dataset()
+        body: list[bytes | memoryview] = []
+        markers = self._markers(captured.get(_DEIDENTIFICATION_METHOD))
+        pending = 0
+        for event in events:
+            first_tag = event[3] if event[0] == COPY else event[1]
+            while pending < len(markers) and markers[pending][0] < first_tag:
+                body.append(markers[pending][1])
+                pending += 1
+            if event[0] == COPY:
+                body.append(self.buffer[event[1] : event[2]])
+            else:
+                self._element(event, body, context, top_level=True)
+        body.extend(chunk for _, chunk in markers[pending:])
+        named = self._naming_dataset(captured)
         chunks: list[bytes | memoryview] = [
             b"\x00" * 128 + b"DICM",
             file_meta_bytes(named.SOPClassUID, named.SOPInstanceUID, transfer_syntax),
         ]
-        chunks.extend(chunk for _, chunk in body)
+        chunks.extend(body)
         return FastOutput(chunks, named, self.counts)
 
-    # -- reading element headers --------------------------------------------------------
-
-    def _header(self, position: int, implicit: bool) -> tuple[int, str | None, int, int]:
-        """Return tag, VR (None when implicit), value length and value position."""
-        buffer = self.buffer
-        if position + 8 > len(buffer):
-            raise TruncatedFileError("truncated DICOM: the file ends inside an element header")
-        group, element, vr_code, short_length = _EXPLICIT_HEADER.unpack_from(buffer, position)
-        tag = group << 16 | element
-        if group == 0xFFFE or implicit:
-            return tag, None, _UINT32.unpack_from(buffer, position + 4)[0], position + 8
-        vr = _VR_BY_CODE.get(vr_code)
-        if vr is None:
-            raise FastPathUnsupported("unexpected VR bytes (implicit data in an explicit file?)")
-        if vr in _LONG_LENGTH_VRS:
-            if position + 12 > len(buffer):
-                raise TruncatedFileError("truncated DICOM: the file ends inside an element header")
-            return tag, vr, _UINT32.unpack_from(buffer, position + 8)[0], position + 12
-        return tag, vr, short_length, position + 8
-
-    def _end_of_value(self, start: int, length: int, implicit_content: bool) -> int:
-        """Where a value ends: after its length, or after its sequence delimiter."""
-        if length != UNDEFINED_LENGTH:
-            end = start + length
-            if end > len(self.buffer):
-                raise TruncatedFileError("truncated DICOM: a value runs past the end of the file")
-            return end
-        position = start
-        while True:
-            tag, _, item_length, value = self._header(position, True)
-            if tag == SEQUENCE_DELIMITER:
-                return value
-            if tag != ITEM:
-                raise FastPathUnsupported("malformed sequence")
-            if item_length != UNDEFINED_LENGTH:
-                position = self._end_of_value(value, item_length, implicit_content)
+    def _captured(self, events: list[Event]) -> dict[int, object]:
+        """The top-level values needed before rewriting: patient, character set, flags."""
+        captured: dict[int, object] = {}
+        for event in events:
+            if event[0] != ELEMENT or event[1] not in _REPORTED:
                 continue
-            position = value
-            while True:
-                tag, vr, length, value = self._header(position, implicit_content)
-                if tag == ITEM_DELIMITER:
-                    position = value
-                    break
-                position = self._end_of_value(value, length, implicit_content or vr == "UN")
-
-    def _prescan(self, position: int) -> None:
-        """Read the few top-level values needed before rewriting (patient, charset, flags)."""
-        end = len(self.buffer)
-        while position < end:
-            header = self._header(position, self.implicit)
-            tag, vr, length, value = header
-            if tag > _LAST_CAPTURED:
-                return
-            self.parsed[position] = header
-            if tag in _CAPTURED and length != UNDEFINED_LENGTH:
-                element = self._decode(tag, vr, length, value)
-                self.captured[tag] = element.value
+            _, tag, vr, length, _, value, _ = event
+            if tag == _DEIDENTIFICATION_CODES:
+                captured[tag] = True
+            elif length != UNDEFINED_LENGTH:
+                decoded = captured[tag] = self._decode(tag, vr, length, value).value
                 if tag == _SPECIFIC_CHARACTER_SET:
-                    self.encodings = convert_encodings(element.value)
-            elif tag == _DEIDENTIFICATION_CODES:
-                self.captured[tag] = True
-            position = self._end_of_value(value, length, self.implicit or vr == "UN")
+                    self.encodings = convert_encodings(decoded)
+        return captured
 
     # -- rewriting ------------------------------------------------------------------------
 
-    def _elements(
+    def _element(
         self,
-        position: int,
-        end: int | None,
-        out: list[tuple[int, bytes | memoryview]],
+        event: Event,
+        out: list[bytes | memoryview],
         context: PseudonymContext,
         *,
-        top_level: bool = False,
-        implicit: bool | None = None,
-    ) -> int:
-        """Rewrite elements up to ``end`` or, when ``end`` is None, to an item delimiter."""
-        implicit = self.implicit if implicit is None else implicit
-        previous = -1
-        parsed = self.parsed if top_level else {}
-        while end is None or position < end:
-            tag, vr, length, value = parsed.get(position) or self._header(position, implicit)
-            if tag == ITEM_DELIMITER and end is None:
-                return value
-            if tag <= previous or tag >> 16 == 0xFFFE:
-                raise FastPathUnsupported("elements out of order or misplaced delimiter")
-            previous = tag
-            if tag & 0x10000:  # odd group: private, removed wherever it is
-                self.counts.removed += 1
-                position = self._end_of_value(value, length, implicit or vr == "UN")
-                continue
-            if not top_level and tag == _SPECIFIC_CHARACTER_SET:
-                raise FastPathUnsupported("a sequence item with its own character set")
-            if top_level and tag in _MARKERS:
-                position = self._end_of_value(value, length, implicit or vr == "UN")
-                continue
-            self.new_text = None
-            position = self._element(tag, vr, length, position, value, out, context, implicit)
-            if top_level and tag in _NAMING_UIDS:
-                if self.new_text is None:  # kept: the output holds the original value
-                    self.new_text = str(self._decode(tag, vr, length, value).value or "")
-                self.new_uids[tag] = self.new_text
-        return position
+        top_level: bool,
+    ) -> None:
+        _, tag, vr, length, header, value, end = event
+        if top_level and tag in _MARKERS:
+            return  # replaced by this tool's own markers
+        if not top_level and tag == _SPECIFIC_CHARACTER_SET:
+            raise FastPathUnsupported("a sequence item with its own character set")
+        action = self.plans.action(tag)
+        if action is Action.REMOVE:
+            self.counts.removed += 1
+            return
+        dictionary_vr = _dictionary_vr(tag)
+        hidden = vr is None or vr == "UN"
+        if vr == "SQ" or (hidden and dictionary_vr == "SQ"):
+            if vr == "UN":
+                raise FastPathUnsupported("a sequence encoded as UN")
+            self._sequence(tag, length, value, action, out, context)
+            return
+        value_vr = dictionary_vr if hidden else vr
+        strategy = self._strategy(action, value_vr)
+        new_text: str | None = None
+        if action is Action.KEEP or length == 0 or strategy is keep_value:
+            out.append(self.buffer[header:end])
+        else:
+            chunk, new_text = self._changed(tag, vr, value_vr, length, value, action, context)
+            out.append(chunk)
+        if top_level and tag in _NAMING_UIDS:
+            if new_text is None:  # kept: the output holds the original value
+                new_text = str(self._decode(tag, vr, length, value).value or "")
+            self.new_uids[tag] = new_text
 
-    def _element(
+    def _changed(
         self,
         tag: int,
         vr: str | None,
+        value_vr: str | None,
         length: int,
-        header: int,
         value: int,
-        out: list[tuple[int, bytes | memoryview]],
+        action: Action,
         context: PseudonymContext,
-        implicit: bool,
-    ) -> int:
-        action = self.actions.get(tag)
-        if action is None:
-            action = self.actions[tag] = self.profile.rule_for(BaseTag(tag)).action
-        dictionary_vr = _dictionary_vr(tag)
-        hidden = vr is None or vr == "UN"
-        sequence = vr == "SQ" or (hidden and dictionary_vr == "SQ")
-        if action is Action.REMOVE:
-            self.counts.removed += 1
-            return self._end_of_value(value, length, implicit or vr == "UN")
-        if sequence:
-            if vr == "UN":
-                raise FastPathUnsupported("a sequence encoded as UN")
-            return self._sequence(tag, length, value, action, out, context, implicit)
-        if hidden and length == UNDEFINED_LENGTH:
-            raise FastPathUnsupported("undefined length outside a sequence")
-        end = self._end_of_value(value, length, implicit)
-        value_vr = vr if vr not in (None, "UN") else dictionary_vr
+    ) -> tuple[bytes, str]:
+        """The encoded element after its action, remembered for files that share the value.
+
+        A series repeats most changed values (patient, study, dates) in every instance; the
+        result depends only on the key below, so it is computed once.
+        """
+        if length == UNDEFINED_LENGTH or length > _VALUE_CACHE_MAX_BYTES:
+            chunk, text, counts = self._apply(tag, vr, value_vr, length, value, action, context)
+        else:
+            raw = bytes(self.buffer[value : value + length])
+            key = (tag, vr, self.implicit, raw, context.patient, *self.encodings)
+            values = self.plans.values
+            cached = values.get(key)
+            if cached is None:
+                if len(values) >= _VALUE_CACHE_ENTRIES:
+                    values.clear()
+                cached = values[key] = self._apply(
+                    tag, vr, value_vr, length, value, action, context
+                )
+            chunk, text, counts = cached
+        self.counts.replaced += counts[0]
+        self.counts.remapped_uids += counts[1]
+        self.counts.emptied += counts[2]
+        return chunk, text
+
+    def _apply(
+        self,
+        tag: int,
+        vr: str | None,
+        value_vr: str | None,
+        length: int,
+        value: int,
+        action: Action,
+        context: PseudonymContext,
+    ) -> tuple[bytes, str, tuple[int, int, int]]:
+        """Apply ``action`` with the reference engine's strategies; return chunk, text, counts."""
         strategy = self._strategy(action, value_vr)
-        if action is Action.KEEP or length == 0 or strategy is keep_value:
-            out.append((tag, self.buffer[header:end]))
-            return end
-        if strategy is not None and value_vr in _PLAIN_TEXT_VRS and len(self.encodings) == 1:
-            chunk = self._rewrite_text(tag, value_vr, length, value, strategy, context, implicit)
-            if chunk is not None:
-                self.counts.remapped_uids += action is Action.REMAP_UID
-                self.counts.replaced += action is Action.REPLACE
-                out.append((tag, chunk))
-                return end
+        if (
+            strategy is not None
+            and value_vr in _PLAIN_TEXT_VRS
+            and len(self.encodings) == 1
+            and length != UNDEFINED_LENGTH
+        ):
+            rewritten = self._rewrite_text(tag, value_vr, length, value, strategy, context)
+            if rewritten is not None:
+                chunk, text = rewritten
+                counts = (int(action is Action.REPLACE), int(action is Action.REMAP_UID), 0)
+                return chunk, text, counts
         if action is Action.EMPTY:
             element = self._decode(tag, vr, 0, value)
-            self.counts.emptied += 1
+            delta = ChangeCounts(emptied=1)
         else:
             if length == UNDEFINED_LENGTH:
                 raise FastPathUnsupported("undefined length value to change")
             element = self._decode(tag, vr, length, value)
-            self.pseudonymiser.apply(element, action, context, self.counts)
-        self.new_text = str(element.value or "")
-        out.append((tag, self._encode(element, implicit)))
-        return end
+            delta = ChangeCounts()
+            self.pseudonymiser.apply(element, action, context, delta)
+        counts = (delta.replaced, delta.remapped_uids, delta.emptied)
+        return self._encode(element), str(element.value or ""), counts
 
     def _sequence(
         self,
@@ -366,42 +393,48 @@ class _Rewriter:
         length: int,
         value: int,
         action: Action,
-        out: list[tuple[int, bytes | memoryview]],
+        out: list[bytes | memoryview],
         context: PseudonymContext,
-        implicit: bool,
-    ) -> int:
+    ) -> None:
+        buffer, implicit, plans = self.buffer, self.implicit, self.plans
         group_element = _TAG.pack(tag >> 16, tag & 0xFFFF)
         explicit_header = b"" if implicit else b"SQ\x00\x00"
         if action is Action.EMPTY:
             self.counts.emptied += 1
-            out.append((tag, group_element + explicit_header + _UINT32.pack(0)))
-            return self._end_of_value(value, length, implicit)
-        out.append((tag, group_element + explicit_header + _UINT32.pack(UNDEFINED_LENGTH)))
+            out.append(group_element + explicit_header + _UINT32.pack(0))
+            return
+        out.append(group_element + explicit_header + _UINT32.pack(UNDEFINED_LENGTH))
         end = None if length == UNDEFINED_LENGTH else value + length
         position = value
         while end is None or position < end:
-            item, _, item_length, item_value = self._header(position, True)
+            item, _, item_length, item_value = read_header(buffer, position, True)
             if item == SEQUENCE_DELIMITER and end is None:
-                position = item_value
                 break
             if item != ITEM:
                 raise FastPathUnsupported("malformed sequence")
-            out.append((tag, _ITEM_UNDEFINED))
-            item_end = None if item_length == UNDEFINED_LENGTH else item_value + item_length
-            inner: list[tuple[int, bytes | memoryview]] = []
             self.depth += 1
             if self.depth > MAX_SEQUENCE_DEPTH:
                 raise UnsupportedInputError(
                     f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels are refused"
                 )
-            position = self._elements(item_value, item_end, inner, context, implicit=implicit)
+            item_end = -1 if item_length == UNDEFINED_LENGTH else item_value + item_length
+            events, position, removed = scan_level(
+                buffer, item_value, item_end, implicit, plans.nested, plans.classify_nested
+            )
+            if item_end >= 0 and position != item_end:
+                raise FastPathUnsupported("item length disagrees with its elements")
+            self.counts.removed += removed
+            out.append(_ITEM_UNDEFINED)
+            for event in events:
+                if event[0] == COPY:
+                    out.append(buffer[event[1] : event[2]])
+                else:
+                    self._element(event, out, context, top_level=False)
+            out.append(_ITEM_DELIMITER_BYTES)
             self.depth -= 1
-            out.extend((tag, chunk) for _, chunk in inner)  # nested chunks sort with their parent
-            out.append((tag, _ITEM_DELIMITER_BYTES))
         if end is not None and position != end:
             raise FastPathUnsupported("sequence length disagrees with its items")
-        out.append((tag, _SEQUENCE_DELIMITER_BYTES))
-        return position
+        out.append(_SEQUENCE_DELIMITER_BYTES)
 
     # -- decoding and encoding ------------------------------------------------------------
 
@@ -420,8 +453,7 @@ class _Rewriter:
         value: int,
         strategy: Strategy,
         context: PseudonymContext,
-        implicit: bool,
-    ) -> bytes | None:
+    ) -> tuple[bytes, str] | None:
         """Decode with pydicom's own converter, pseudonymise, encode plain ASCII text.
 
         Returns None when the result is not plain ASCII, for pydicom to encode.
@@ -442,11 +474,10 @@ class _Rewriter:
             payload = text.encode("ascii")
         except UnicodeEncodeError:
             return None
-        self.new_text = text
         payload = _pad(payload, b"\x00" if vr == "UI" else b" ")
-        if implicit:
-            return _TAG.pack(tag >> 16, tag & 0xFFFF) + _UINT32.pack(len(payload)) + payload
-        return _explicit(tag, vr, payload)
+        if self.implicit:
+            return _TAG.pack(tag >> 16, tag & 0xFFFF) + _UINT32.pack(len(payload)) + payload, text
+        return _explicit(tag, vr, payload), text
 
     def _decode(self, tag: int, vr: str | None, length: int, value: int) -> DataElement:
         raw = RawDataElement(
@@ -463,29 +494,28 @@ class _Rewriter:
             raise FastPathUnsupported("ambiguous VR needs the dataset")
         return element
 
-    def _encode(self, element: DataElement, implicit: bool) -> bytes:
+    def _encode(self, element: DataElement) -> bytes:
         stream = DicomBytesIO()
-        stream.is_little_endian, stream.is_implicit_VR = True, implicit
+        stream.is_little_endian, stream.is_implicit_VR = True, self.implicit
         write_data_element(stream, element, self.encodings)
         return stream.getvalue()
 
-    def _markers(self) -> list[tuple[int, bytes | memoryview]]:
-        prior = self.captured.get(_DEIDENTIFICATION_METHOD)
+    def _markers(self, prior: object) -> list[tuple[int, bytes]]:
         key = (self.implicit, str(prior) if prior else None)
-        cache = _MARKER_CACHE.setdefault(self.pseudonymiser, {})
+        cache = self.plans.markers
         if key not in cache:
             markers = Dataset()
             if prior:
                 markers.DeidentificationMethod = prior
             self.pseudonymiser.add_markers(markers)
-            cache[key] = [(e.tag, self._encode(e, self.implicit)) for e in markers]
+            cache[key] = sorted((int(e.tag), self._encode(e)) for e in markers)
         return cache[key]
 
-    def _naming_dataset(self) -> Dataset:
-        if _SOP_CLASS_UID not in self.captured or not self.new_uids.get(_SOP_INSTANCE_UID):
+    def _naming_dataset(self, captured: dict[int, object]) -> Dataset:
+        if _SOP_CLASS_UID not in captured or not self.new_uids.get(_SOP_INSTANCE_UID):
             raise FastPathUnsupported("no SOP Class or Instance UID: the reference decides")
         named = Dataset()
-        named.SOPClassUID = self.captured[_SOP_CLASS_UID]
+        named.SOPClassUID = captured[_SOP_CLASS_UID]
         for tag, uid in self.new_uids.items():
             named.add_new(tag, "UI", uid)
         return named
@@ -515,26 +545,6 @@ def _explicit(tag: int, vr: str, payload: bytes) -> bytes:
     if vr in _LONG_LENGTH_VRS:
         return head + b"\x00\x00" + _UINT32.pack(len(payload)) + payload
     return head + _UINT16.pack(len(payload)) + payload
-
-
-_ACTION_CACHE: weakref.WeakKeyDictionary[Profile, dict[int, Action]] = weakref.WeakKeyDictionary()
-_MARKER_CACHE: weakref.WeakKeyDictionary[
-    Pseudonymiser, dict[tuple[bool, str | None], list[tuple[int, bytes | memoryview]]]
-] = weakref.WeakKeyDictionary()
-
-
-def _merge(
-    body: list[tuple[int, bytes | memoryview]], markers: list[tuple[int, bytes | memoryview]]
-) -> list[tuple[int, bytes | memoryview]]:
-    """Insert top-level marker elements in tag order (body chunks of one element share a tag)."""
-    merged: list[tuple[int, bytes | memoryview]] = []
-    pending = sorted(markers, key=lambda pair: pair[0])
-    for tag, chunk in body:
-        while pending and pending[0][0] < tag:
-            merged.append(pending.pop(0))
-        merged.append((tag, chunk))
-    merged.extend(pending)
-    return merged
 
 
 _ITEM_UNDEFINED = _TAG.pack(0xFFFE, 0xE000) + _UINT32.pack(UNDEFINED_LENGTH)

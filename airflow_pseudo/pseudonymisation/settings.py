@@ -19,6 +19,7 @@ from airflow_pseudo.pseudonymisation.sources import KeyedSource, PseudonymSource
 STRATEGIES = ("keyed", "pymedphys")
 OUTPUT_LAYOUTS = ("uids", "flat", "mirror")
 ENGINES = ("auto", "reference")
+DURABILITY = ("batch", "file", "none")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class Settings:
         relative paths (which may hold PHI).
     :param engine: ``auto`` uses the streaming fast path and falls back to the reference engine
         for what it does not support; ``reference`` always uses the reference engine.
+    :param durability: when outputs reach stable storage before their names appear. ``batch``
+        (the default) syncs the file system once per chunk of files, then links them into place;
+        ``file`` fsyncs each output; ``none`` leaves it to the OS: still atomic against a crash of
+        the process, but a power cut may lose or empty recent outputs.
     """
 
     strategy: Literal["keyed", "pymedphys"] | str = "keyed"
@@ -55,11 +60,14 @@ class Settings:
     allow_burned_in: bool = False
     output_layout: str = "uids"
     engine: str = "auto"
+    durability: str = "batch"
 
     def check(self) -> None:
         """Build everything once, so a bad setting fails before any file is touched."""
         if self.engine not in ENGINES:
             raise ConfigurationError(f"engine must be one of {', '.join(ENGINES)}")
+        if self.durability not in DURABILITY:
+            raise ConfigurationError(f"durability must be one of {', '.join(DURABILITY)}")
         if self.output_layout not in OUTPUT_LAYOUTS:
             raise ConfigurationError(f"output_layout must be one of {', '.join(OUTPUT_LAYOUTS)}")
         self.pseudonymiser  # noqa: B018

@@ -32,9 +32,11 @@ _R_co = TypeVar("_R_co", covariant=True)
 
 
 class Job(Protocol[_T_contra, _R_co]):
-    """A picklable callable run on each item, with a result for items lost in a crash."""
+    """A picklable job run on chunks of items, with a result for items lost in a crash."""
 
-    def __call__(self, item: _T_contra, settings: Any, /) -> _R_co: ...
+    def run(self, items: Sequence[_T_contra], settings: Any, /) -> Sequence[_R_co]:
+        """One result per item, in order."""
+        ...
 
     def crashed(self, item: _T_contra, /) -> _R_co: ...
 
@@ -86,7 +88,7 @@ def run_in_processes(
     chunks = deque(
         (start, items[start : start + chunksize]) for start in range(0, len(items), chunksize)
     )
-    finished: dict[int, list[_R]] = {}
+    finished: dict[int, Sequence[_R]] = {}
     next_start = 0
     selector = selectors.DefaultSelector()
     pool: list[_Worker] = []
@@ -150,7 +152,7 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             start, chunk = _receive(requests)
         except EOFError:
             return
-        _send(replies, (start, [job(item, settings) for item in chunk]))
+        _send(replies, (start, job.run(chunk, settings)))
 
 
 def main() -> None:

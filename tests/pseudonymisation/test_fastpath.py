@@ -18,13 +18,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise_files
-from airflow_pseudo.pseudonymisation.fastpath import (
-    FastPathUnsupported,
-    TruncatedFileError,
-    file_meta_bytes,
-    mapped,
-    pseudonymise_buffer,
-)
+from airflow_pseudo.pseudonymisation.fastpath import file_meta_bytes, mapped, pseudonymise_buffer
+from airflow_pseudo.pseudonymisation.scanner import FastPathUnsupported, TruncatedFileError
 from airflow_pseudo.pseudonymisation.files import read_dataset
 from airflow_pseudo.testing import make_instance, write_ct_copies
 

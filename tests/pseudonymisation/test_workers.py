@@ -14,10 +14,10 @@ from airflow_pseudo.pseudonymisation.workers import run_in_processes
 class SquareOrDie:
     """Squares numbers; the number 13 kills its worker process outright."""
 
-    def __call__(self, item: int, settings: Any) -> tuple[int, int, int]:
-        if item == 13:
+    def run(self, items: list[int], settings: Any) -> list[tuple[int, int, int]]:
+        if 13 in items:
             os._exit(3)
-        return item, item * item, os.getpid()
+        return [(item, item * item, os.getpid()) for item in items]
 
     def crashed(self, item: int) -> tuple[int, int, int]:
         return item, -1, -1
