@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="uids",
         help="uids: <study>/<series>/<instance>.dcm; mirror: input paths (may hold PHI)",
     )
+    run.add_argument(
+        "--durability",
+        choices=("batch", "file", "none"),
+        default="batch",
+        help="batch: one sync per chunk of outputs before they appear (default); "
+        "file: fsync each output; none: leave it to the OS",
+    )
     _settings_arguments(run)
 
     check = commands.add_parser("validate", help="re-check outputs against their originals")
@@ -122,6 +129,7 @@ def _settings(args: argparse.Namespace) -> Any:
         keep_keywords=tuple(args.keep),
         allow_burned_in=args.allow_burned_in,
         output_layout=getattr(args, "layout", "uids"),
+        durability=getattr(args, "durability", "batch"),
     )
     settings.check()
     return settings

@@ -89,6 +89,17 @@ def test_bad_arguments_exit_two(capsys: pytest.CaptureFixture[str]):
     assert "error" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("durability", ["file", "none"])
+def test_durability_option(tmp_path: Path, incoming: Path, key_file: Path, durability: str):
+    """Each durability mode writes every output; an unknown mode is a usage error."""
+    output = tmp_path / durability
+    args = ["pseudonymise", str(incoming), "-o", str(output), "--key-file", str(key_file)]
+    code, text = run(*args, "--durability", durability)
+    assert code == EXIT_OK, text
+    assert len(list(output.rglob("*.dcm"))) == len(list(incoming.iterdir()))
+    assert run(*args, "--durability", "sometimes")[0] == EXIT_USAGE
+
+
 def test_output_inside_input_is_refused(incoming: Path, key_file: Path, capsys):
     """Writing outputs into the input folder is refused before any file is touched."""
     code, _ = run(

@@ -75,6 +75,7 @@ class _SettingsMixin:
     keep_keywords: Sequence[str] | None
     allow_burned_in: bool | None
     output_layout: str | None
+    durability: str | None
 
     def build_settings(self) -> Settings:
         """Return the connection's settings with this task's overrides (no retry on errors)."""
@@ -87,6 +88,7 @@ class _SettingsMixin:
             "pymedphys_config": self.pymedphys_config,
             "allow_burned_in": self.allow_burned_in,
             "output_layout": self.output_layout,
+            "durability": self.durability,
         }
         if self.date_shift_days is not None:
             low, high = self.date_shift_days
@@ -139,6 +141,8 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
     :param keep_keywords: DICOM keywords to keep unchanged.
     :param allow_burned_in: Pseudonymise files flagged with burned-in annotations.
     :param output_layout: ``uids`` (default) or ``mirror``.
+    :param durability: ``batch`` (default: one file-system sync per chunk of outputs, before
+        they are linked into place), ``file`` (an fsync per output) or ``none``. (templated)
     :param pseudo_conn_id: The ``pseudo`` connection. Defaults to ``pseudo_default``.
     :param workers: Worker processes. Defaults to ``1``. (templated)
     :param max_failed_files: Failed files tolerated before the task fails. Defaults to ``0``.
@@ -160,6 +164,7 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
         "pseudo_conn_id",
         "workers",
         "max_failed_files",
+        "durability",
     )
     ui_color = "#d5f5e3"
 
@@ -179,6 +184,7 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
         keep_keywords: Sequence[str] | None = None,
         allow_burned_in: bool | None = None,
         output_layout: str | None = None,
+        durability: str | None = None,
         pseudo_conn_id: str = PseudoHook.default_conn_name,
         workers: int | str = 1,
         max_failed_files: int | str = 0,
@@ -198,6 +204,7 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
         self.keep_keywords = keep_keywords
         self.allow_burned_in = allow_burned_in
         self.output_layout = output_layout
+        self.durability = durability
         self.pseudo_conn_id = pseudo_conn_id
         self.workers = workers
         self.max_failed_files = max_failed_files

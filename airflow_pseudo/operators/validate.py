@@ -88,6 +88,7 @@ class ValidateOperator(_SettingsMixin, BaseOperator):
         self.keep_keywords = keep_keywords
         self.allow_burned_in = None
         self.output_layout = None
+        self.durability = None
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """Validate the outputs, quarantine failures, push records, fail on any failure."""

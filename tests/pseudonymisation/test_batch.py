@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -209,6 +210,45 @@ class TestWorkers:
         assert files1 == sorted(p.relative_to(out2) for p in out2.rglob("*.dcm"))
         for rel in files1:
             assert (out1 / rel).read_bytes() == (out2 / rel).read_bytes()
+
+    @pytest.mark.parametrize("durability", ["batch", "file", "none"])
+    def test_durability_modes_write_the_same_outputs(
+        self, corpus: Path, settings: Settings, tmp_path: Path, durability: str
+    ):
+        """How outputs reach the disk never changes what they are."""
+        expected = pseudonymise_directory(corpus, tmp_path / "reference", settings=settings)
+        chosen = dataclasses.replace(settings, durability=durability)
+        results = pseudonymise_directory(corpus, tmp_path / durability, settings=chosen)
+        assert relative_outputs(results, tmp_path / durability) == relative_outputs(
+            expected, tmp_path / "reference"
+        )
+        for ours, theirs in zip(results, expected, strict=True):
+            assert Path(str(ours.output)).read_bytes() == Path(str(theirs.output)).read_bytes()
+
+    def test_batch_durability_syncs_once_per_chunk(
+        self, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ):
+        """One file-system sync per chunk of files, each before that chunk's names appear."""
+        from airflow_pseudo.pseudonymisation import batch
+        from airflow_pseudo.testing import write_ct_copies
+
+        files = write_ct_copies(tmp_path / "in", batch.CHUNK_SIZE * 2 + 3)
+        output = tmp_path / "out"
+        visible_at_sync: list[int] = []
+
+        def counting_sync(folder: Path) -> None:
+            visible_at_sync.append(sum(1 for p in output.rglob("*.dcm") if p.name[0] != "."))
+            real_sync(folder)
+
+        real_sync = batch.sync_filesystem
+        monkeypatch.setattr(batch, "sync_filesystem", counting_sync)
+        results = batch.pseudonymise_files(files, output, settings=settings)
+        assert [r.status for r in results] == ["ok"] * len(files)
+        assert visible_at_sync == [0, batch.CHUNK_SIZE, batch.CHUNK_SIZE * 2]
+
+    def test_unknown_durability_is_a_configuration_error(self, corpus: Path, settings: Settings):
+        with pytest.raises(ConfigurationError, match="durability"):
+            pseudonymise_directory(corpus, settings=dataclasses.replace(settings, durability="x"))
 
     def test_invalid_worker_count(self, corpus: Path, settings: Settings):
         """workers below 1 is refused."""

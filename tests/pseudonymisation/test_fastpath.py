@@ -19,8 +19,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise_files
 from airflow_pseudo.pseudonymisation.fastpath import file_meta_bytes, mapped, pseudonymise_buffer
-from airflow_pseudo.pseudonymisation.scanner import FastPathUnsupported, TruncatedFileError
 from airflow_pseudo.pseudonymisation.files import read_dataset
+from airflow_pseudo.pseudonymisation.scanner import FastPathUnsupported, TruncatedFileError
 from airflow_pseudo.testing import make_instance, write_ct_copies
 
 TEST_FILES = Path(get_testdata_file("CT_small.dcm", download=False)).parent

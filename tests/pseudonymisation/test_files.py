@@ -15,6 +15,8 @@ from airflow_pseudo.pseudonymisation.files import (
     read_dataset,
     safe_join,
     sniff_dicom,
+    stage,
+    sync_filesystem,
     uid_relpath,
     write_atomically,
 )
@@ -110,6 +112,39 @@ class TestWrite:
         write_atomically(ds, target)
         write_atomically(ds, target)
         assert [p.name for p in tmp_path.iterdir()] == ["x.dcm"]
+
+
+    def test_a_staged_file_is_invisible_until_committed(self, tmp_path: Path):
+        """Staging writes under a temporary name only; commit makes the target appear whole."""
+        target = tmp_path / "out" / "x.dcm"
+        staged = stage([b"\x00" * 128, b"DICM", b"rest"], target, durable=False)
+        assert not target.exists()
+        assert staged.temporary.parent == target.parent
+        assert staged.temporary.name.startswith(".tmp-")
+        sync_filesystem(target.parent)
+        staged.commit()
+        assert target.read_bytes() == b"\x00" * 128 + b"DICMrest"
+        assert [p.name for p in target.parent.iterdir()] == ["x.dcm"]
+
+    def test_a_discarded_staged_file_leaves_nothing(self, tmp_path: Path):
+        staged = stage([b"data"], tmp_path / "x.dcm", durable=True)
+        staged.discard()
+        assert list(tmp_path.iterdir()) == []
+
+    def test_many_chunks_are_all_written_in_order(self, tmp_path: Path):
+        """More chunks than one writev call takes (IOV_MAX), of mixed types and sizes."""
+        chunks: list[bytes | memoryview] = []
+        for index in range(5000):
+            piece = index.to_bytes(4, "little") * (index % 7)
+            chunks.append(memoryview(piece) if index % 2 else piece)
+        target = tmp_path / "many.bin"
+        staged = stage(chunks, target, durable=True)
+        staged.commit()
+        assert target.read_bytes() == b"".join(bytes(chunk) for chunk in chunks)
+
+    def test_sync_filesystem_refuses_a_missing_folder(self, tmp_path: Path):
+        with pytest.raises(FileNotFoundError):
+            sync_filesystem(tmp_path / "missing")
 
 
 class TestNames:
