@@ -113,7 +113,6 @@ class TestWrite:
         write_atomically(ds, target)
         assert [p.name for p in tmp_path.iterdir()] == ["x.dcm"]
 
-
     def test_a_staged_file_is_invisible_until_committed(self, tmp_path: Path):
         """Staging writes under a temporary name only; commit makes the target appear whole."""
         target = tmp_path / "out" / "x.dcm"
