@@ -23,14 +23,14 @@ from pydicom.dataset import Dataset
 from airflow_pseudo.pseudonymisation.errors import PseudonymisationError
 from airflow_pseudo.pseudonymisation.fastpath import mapped, pseudonymise_buffer
 from airflow_pseudo.pseudonymisation.files import (
+    InputFolder,
     InputOutsideRootError,
+    OutputFolder,
     StagedFile,
-    check_input_file,
     check_not_inside,
     iter_files,
     read_dataset,
     remove_stale_temporaries,
-    safe_join,
     sniff_dicom,
     stage,
     sync_filesystem,
@@ -144,6 +144,8 @@ class _FileJob:
         self.output_dir = output_dir
         self.quarantine_dir = quarantine_dir
         self.input_root = input_root
+        self.inputs = InputFolder(input_root)
+        self.outputs = OutputFolder(output_dir)
 
     def run(self, sources: Sequence[str], settings: Settings) -> list[FileResult]:
         """Pseudonymise a chunk of files: write them all, make them durable, then name them.
@@ -165,7 +167,7 @@ class _FileJob:
 
     def _stage(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile | None]:
         try:
-            check_input_file(source, self.input_root)
+            self.inputs.check(source)
             if not _named_as_dicom(source) and not sniff_dicom(source):
                 return FileResult(source, status="skipped", reason="not a DICOM file"), None
             return self._pseudonymise(source, settings)
@@ -198,7 +200,7 @@ class _FileJob:
             try:
                 with mapped(source) as buffer:
                     fast = pseudonymise_buffer(buffer, settings.pseudonymiser)
-                    target = self._target(source, fast.dataset, settings)
+                    target = self._target(source, fast.uids, settings)
                     file = stage(fast.chunks, target, durable=durable)
                 result = FileResult(
                     source, str(target), engine="fast", changes=fast.counts.to_dict()
@@ -224,7 +226,9 @@ class _FileJob:
             quarantine=quarantine(source, reason, self.quarantine_dir),
         )
 
-    def _target(self, source: str, dataset: Dataset, settings: Settings) -> Path:
+    def _target(
+        self, source: str, dataset: Dataset | Mapping[str, str], settings: Settings
+    ) -> Path:
         """Where the output goes: named by pseudonymised UIDs unless the layout says otherwise."""
         if settings.output_layout == "mirror" and self.input_root is not None:
             relpath = PurePath(os.path.relpath(Path(source).resolve(), self.input_root))
@@ -234,7 +238,7 @@ class _FileJob:
             relpath = PurePath(uid_relpath(dataset).name)
         else:
             relpath = uid_relpath(dataset)
-        return safe_join(self.output_dir, relpath)
+        return self.outputs.join(relpath)
 
 
 class _ValidationJob:
@@ -321,7 +325,7 @@ def quarantine(
 
 
 def _named_as_dicom(path: str) -> bool:
-    return Path(path).suffix.lower() in DICOM_SUFFIXES
+    return os.path.splitext(path)[1].lower() in DICOM_SUFFIXES
 
 
 def _exists(path: str) -> bool:

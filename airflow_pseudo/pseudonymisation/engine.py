@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -56,7 +56,12 @@ class ChangeCounts:
     removed: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {
+            "replaced": self.replaced,
+            "remapped_uids": self.remapped_uids,
+            "emptied": self.emptied,
+            "removed": self.removed,
+        }
 
 
 def is_registered_uid(uid: str) -> bool:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR
@@ -82,7 +83,13 @@ _DEIDENTIFICATION_METHOD = 0x00120063
 _DEIDENTIFICATION_CODES = 0x00120064
 # Text VRs whose pseudonyms are plain ASCII and whose decoding pydicom does in one step.
 _PLAIN_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "PN", "SH", "TM", "UI", "UC"})
-_NAMING_UIDS = frozenset({_SOP_INSTANCE_UID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID})
+_UID_KEYWORDS = {
+    _SOP_INSTANCE_UID: "SOPInstanceUID",
+    _STUDY_INSTANCE_UID: "StudyInstanceUID",
+    _SERIES_INSTANCE_UID: "SeriesInstanceUID",
+}
+_NAMING_UIDS = frozenset(_UID_KEYWORDS)
+_PREAMBLE = b"\x00" * 128 + b"DICM"
 _MARKERS = frozenset({0x00120062, _DEIDENTIFICATION_METHOD, _DEIDENTIFICATION_CODES, 0x00280303})
 _CAPTURED = frozenset(
     {_SPECIFIC_CHARACTER_SET, _PATIENT_ID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID,
@@ -95,7 +102,7 @@ class FastOutput:
     """A pseudonymised file as chunks to write in order, plus what names and reports it."""
 
     chunks: list[bytes | memoryview]
-    dataset: Dataset  # the UIDs that name the output, and file meta
+    uids: dict[str, str]  # keyword -> value: the UIDs that name the output and its file meta
     counts: ChangeCounts
     size: int = field(init=False)
 
@@ -184,6 +191,7 @@ class _Plans:
         self.markers: dict[tuple[bool, str | None], list[tuple[int, bytes]]] = {}
         # (tag, VR, implicit, raw value, patient, encodings) -> (chunk, new text, counts)
         self.values: dict[tuple[object, ...], tuple[bytes, str, tuple[int, int, int]]] = {}
+        self.captured: dict[tuple[object, ...], Any] = {}  # decoded values read before rewriting
 
     def action(self, tag: int) -> Action:
         action = self.actions.get(tag)
@@ -211,6 +219,7 @@ _MARKER_TAGS = tuple(sorted(_MARKERS))
 _PLANS: weakref.WeakKeyDictionary[Pseudonymiser, _Plans] = weakref.WeakKeyDictionary()
 _VALUE_CACHE_ENTRIES = 4096
 _VALUE_CACHE_MAX_BYTES = 1024
+_MISSING = object()
 
 
 class _Rewriter:
@@ -256,13 +265,13 @@ class _Rewriter:
             else:
                 self._element(event, body, context, top_level=True)
         body.extend(chunk for _, chunk in markers[pending:])
-        named = self._naming_dataset(captured)
+        uids = self._naming_uids(captured)
         chunks: list[bytes | memoryview] = [
-            b"\x00" * 128 + b"DICM",
-            file_meta_bytes(named.SOPClassUID, named.SOPInstanceUID, transfer_syntax),
+            _PREAMBLE,
+            file_meta_bytes(uids["SOPClassUID"], uids["SOPInstanceUID"], transfer_syntax),
         ]
         chunks.extend(body)
-        return FastOutput(chunks, named, self.counts)
+        return FastOutput(chunks, uids, self.counts)
 
     def _captured(self, events: list[Event]) -> dict[int, object]:
         """The top-level values needed before rewriting: patient, character set, flags."""
@@ -274,10 +283,24 @@ class _Rewriter:
             if tag == _DEIDENTIFICATION_CODES:
                 captured[tag] = True
             elif length != UNDEFINED_LENGTH:
-                decoded = captured[tag] = self._decode(tag, vr, length, value).value
+                decoded = captured[tag] = self._captured_value(tag, vr, length, value)
                 if tag == _SPECIFIC_CHARACTER_SET:
                     self.encodings = convert_encodings(decoded)
         return captured
+
+    def _captured_value(self, tag: int, vr: str | None, length: int, value: int) -> Any:
+        """Decode a captured value; files of a series repeat them, so decode each once."""
+        if length > _VALUE_CACHE_MAX_BYTES:
+            return self._decode(tag, vr, length, value).value
+        raw = bytes(self.buffer[value : value + length])
+        key = (tag, vr, self.implicit, raw, *self.encodings)
+        values = self.plans.captured
+        decoded = values.get(key, _MISSING)
+        if decoded is _MISSING:
+            if len(values) >= _VALUE_CACHE_ENTRIES:
+                values.clear()
+            decoded = values[key] = self._decode(tag, vr, length, value).value
+        return decoded
 
     # -- rewriting ------------------------------------------------------------------------
 
@@ -511,14 +534,12 @@ class _Rewriter:
             cache[key] = sorted((int(e.tag), self._encode(e)) for e in markers)
         return cache[key]
 
-    def _naming_dataset(self, captured: dict[int, object]) -> Dataset:
+    def _naming_uids(self, captured: dict[int, object]) -> dict[str, str]:
         if _SOP_CLASS_UID not in captured or not self.new_uids.get(_SOP_INSTANCE_UID):
             raise FastPathUnsupported("no SOP Class or Instance UID: the reference decides")
-        named = Dataset()
-        named.SOPClassUID = captured[_SOP_CLASS_UID]
-        for tag, uid in self.new_uids.items():
-            named.add_new(tag, "UI", uid)
-        return named
+        uids = {"SOPClassUID": str(captured[_SOP_CLASS_UID])}
+        uids.update((_UID_KEYWORDS[tag], uid) for tag, uid in self.new_uids.items())
+        return uids
 
 
 def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:

@@ -16,10 +16,10 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -46,15 +46,42 @@ def check_input_file(path: str | os.PathLike[str], root: str | os.PathLike[str] 
     :raises UnsupportedInputError: a directory, FIFO, socket or device.
     :raises FileNotFoundError: the file (or a link's target) does not exist.
     """
-    if root is not None:
-        base = Path(root).resolve()
-        target = Path(path).resolve()
-        if target != base and base not in target.parents:
+    InputFolder(root).check(path)
+
+
+class InputFolder:
+    """Checks inputs against one input root, remembering the folders already found inside it.
+
+    A batch holds many files per folder: each folder is resolved once, then each file costs one
+    ``lstat``. A file that is itself a symbolic link is always resolved in full.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+        self.root = Path(root).resolve() if root is not None else None
+        self._inside: set[str] = set()
+
+    def check(self, path: str | os.PathLike[str]) -> None:
+        """See :func:`check_input_file`."""
+        status = os.lstat(path)
+        if self.root is not None:
+            # The folder as written, not normalised: "a/link/../b" is not "a/b" when "link" is
+            # a symbolic link.
+            folder = os.path.dirname(os.path.join(os.getcwd(), os.fspath(path)))
+            if stat.S_ISLNK(status.st_mode) or folder not in self._inside:
+                self._check_inside(Path(path).resolve())
+                if not stat.S_ISLNK(status.st_mode):
+                    self._inside.add(folder)
+        if stat.S_ISLNK(status.st_mode):
+            status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode):
+            raise UnsupportedInputError("not a regular file (a directory, FIFO, socket or device)")
+
+    def _check_inside(self, target: Path) -> None:
+        assert self.root is not None
+        if target != self.root and self.root not in target.parents:
             raise InputOutsideRootError(
                 "refused: the input lies outside the input folder (a link leading out of it)"
             )
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise UnsupportedInputError("not a regular file (a directory, FIFO, socket or device)")
 
 
 def sniff_dicom(path: str | os.PathLike[str]) -> bool:
@@ -111,8 +138,11 @@ def iter_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
     yield from (path for path in sorted(paths, key=str) if path.is_file())
 
 
-def uid_relpath(dataset: Dataset) -> PurePath:
-    """The ``<study>/<series>/<instance>.dcm`` path of a pseudonymised dataset, by its UIDs."""
+def uid_relpath(dataset: Dataset | Mapping[str, Any]) -> PurePath:
+    """The ``<study>/<series>/<instance>.dcm`` path of a pseudonymised dataset, by its UIDs.
+
+    :param dataset: the dataset, or a mapping from the UIDs' keywords to their values.
+    """
     sop = str(dataset.get("SOPInstanceUID", "") or "")
     if not sop:
         raise UnsupportedInputError("no SOPInstanceUID (Type 1): the output cannot be named")
@@ -128,6 +158,28 @@ def safe_join(root: str | os.PathLike[str], relpath: PurePath | str) -> Path:
     if target != base and base not in target.parents:
         raise UnsupportedInputError("the output name would escape the output folder")
     return target
+
+
+class OutputFolder:
+    """:func:`safe_join` for many names under one root, each folder checked once.
+
+    Outputs of a series share their folder, so it is resolved (links and all) the first time
+    only. A plain file name cannot lead elsewhere: writing links a new name into the checked
+    folder and never follows an existing one.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self._folders: dict[PurePath, Path] = {}
+
+    def join(self, relpath: PurePath) -> Path:
+        """The path of ``relpath`` below the root; see :func:`safe_join`."""
+        if relpath.name in ("", ".", ".."):
+            raise UnsupportedInputError("the output name would escape the output folder")
+        folder = self._folders.get(relpath.parent)
+        if folder is None:
+            folder = self._folders[relpath.parent] = safe_join(self.root, relpath.parent)
+        return folder / relpath.name
 
 
 def check_not_inside(

@@ -18,7 +18,12 @@ from airflow_pseudo.pseudonymisation import (
     UnsupportedInputError,
     pseudonymise_directory,
 )
-from airflow_pseudo.pseudonymisation.files import safe_join
+from airflow_pseudo.pseudonymisation.files import (
+    InputFolder,
+    InputOutsideRootError,
+    OutputFolder,
+    safe_join,
+)
 from airflow_pseudo.testing import make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -79,6 +84,28 @@ def test_core_refuses_output_equal_to_or_inside_input(incoming: Path, key_bytes:
 def test_safe_join_never_escapes(tmp_path: Path, name: str):
     with pytest.raises(UnsupportedInputError, match="escape"):
         safe_join(tmp_path / "out", PurePath(name))
+    outputs = OutputFolder(tmp_path / "out")
+    outputs.join(PurePath("a", "x.dcm"))  # a checked folder is remembered...
+    with pytest.raises(UnsupportedInputError, match="escape"):
+        outputs.join(PurePath(name))  # ...and never lets a later name out
+
+
+def test_a_remembered_input_folder_does_not_hide_a_link_then_dotdot(tmp_path: Path):
+    """``in/link/../x`` is ``elsewhere/x`` when ``link`` leads to ``elsewhere/deep``."""
+    root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    (elsewhere / "deep").mkdir(parents=True)
+    (elsewhere / "x.dcm").write_bytes(b"outside")
+    root.mkdir()
+    (root / "x.dcm").write_bytes(b"inside")
+    (root / "link").symlink_to(elsewhere / "deep")
+    inputs = InputFolder(root)
+    inputs.check(root / "x.dcm")
+    with pytest.raises(InputOutsideRootError):
+        inputs.check(f"{root}/link/../x.dcm")
+    (root / "sub").mkdir()
+    (root / "sub" / "y.dcm").symlink_to(elsewhere / "x.dcm")
+    with pytest.raises(InputOutsideRootError):  # a file that is a link, in a known folder
+        inputs.check(root / "sub" / "y.dcm")
 
 
 def test_link_inside_output_folder_cannot_redirect_a_write(tmp_path: Path, key_bytes: bytes):
