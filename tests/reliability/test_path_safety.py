@@ -103,6 +103,8 @@ def test_a_remembered_input_folder_does_not_hide_a_link_then_dotdot(tmp_path: Pa
     with pytest.raises(InputOutsideRootError):
         inputs.check(f"{root}/link/../x.dcm")
     (root / "sub").mkdir()
+    (root / "sub" / "z.dcm").write_bytes(b"inside")
+    inputs.check(root / "sub" / "z.dcm")
     (root / "sub" / "y.dcm").symlink_to(elsewhere / "x.dcm")
     with pytest.raises(InputOutsideRootError):  # a file that is a link, in a known folder
         inputs.check(root / "sub" / "y.dcm")
