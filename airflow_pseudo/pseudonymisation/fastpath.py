@@ -20,7 +20,7 @@ import struct
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -104,10 +104,6 @@ class FastOutput:
     chunks: list[bytes | memoryview]
     uids: dict[str, str]  # keyword -> value: the UIDs that name the output and its file meta
     counts: ChangeCounts
-    size: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.size = sum(len(chunk) for chunk in self.chunks)
 
 
 @contextmanager

@@ -267,14 +267,25 @@ def stage(
 
 
 def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
-    """Write every chunk with as few system calls as the OS allows (``writev``)."""
-    pending = [memoryview(chunk).cast("B") for chunk in chunks if len(chunk)]
-    while pending:
-        written = os.writev(fd, pending[:_IOV_MAX])
-        while pending and written >= len(pending[0]):
-            written -= len(pending.pop(0))
+    """Write every chunk in order with few system calls.
+
+    Small files are joined and written at once; large ones (pixel data held in a memory map) go
+    out with ``writev``, so they are never copied whole into memory.
+    """
+    if sum(map(len, chunks)) <= _JOIN_LIMIT:
+        data = memoryview(b"".join(chunks))
+        while data:
+            data = data[os.write(fd, data) :]
+        return
+    views = [memoryview(chunk).cast("B") for chunk in chunks if len(chunk)]
+    index = 0
+    while index < len(views):
+        written = os.writev(fd, views[index : index + _IOV_MAX])
+        while index < len(views) and written >= len(views[index]):
+            written -= len(views[index])
+            index += 1
         if written:
-            pending[0] = pending[0][written:]
+            views[index] = views[index][written:]
 
 
 def sync_filesystem(folder: str | os.PathLike[str]) -> None:
@@ -306,6 +317,7 @@ def _find_syncfs() -> Callable[[int], int] | None:
 
 _SYNCFS = _find_syncfs() if sys.platform.startswith("linux") else None
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+_JOIN_LIMIT = 1 << 20
 
 
 _TEMPORARY = re.compile(r"^\.tmp-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-.*\.dcm$")

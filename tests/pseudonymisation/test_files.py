@@ -130,12 +130,14 @@ class TestWrite:
         staged.discard()
         assert list(tmp_path.iterdir()) == []
 
-    def test_many_chunks_are_all_written_in_order(self, tmp_path: Path):
-        """More chunks than one writev call takes (IOV_MAX), of mixed types and sizes."""
+    @pytest.mark.parametrize("piece_size", [4, 1024], ids=["small-joined", "large-writev"])
+    def test_many_chunks_are_all_written_in_order(self, tmp_path: Path, piece_size: int):
+        """More chunks than one writev call takes (IOV_MAX), of mixed types, small or large."""
         chunks: list[bytes | memoryview] = []
         for index in range(5000):
-            piece = index.to_bytes(4, "little") * (index % 7)
+            piece = index.to_bytes(4, "little") * (piece_size // 4) * (index % 3)
             chunks.append(memoryview(piece) if index % 2 else piece)
+        assert (sum(map(len, chunks)) > 1 << 20) == (piece_size > 4)
         target = tmp_path / "many.bin"
         staged = stage(chunks, target, durable=True)
         staged.commit()
