@@ -59,8 +59,16 @@ from airflow_pseudo.pseudonymisation.scanner import (
     Event,
     FastPathUnsupported,
     read_header,
-    scan_level,
 )
+
+try:
+    from airflow_pseudo.pseudonymisation._scanner import scan_level
+
+    SCANNER = "c"
+except ImportError:  # installed without a C compiler: the reference scanner, slower
+    from airflow_pseudo.pseudonymisation.scanner import scan_level
+
+    SCANNER = "python"
 from airflow_pseudo.pseudonymisation.strategies import PseudonymContext, Strategy, keep_value
 
 PREAMBLE_AND_PREFIX = 132

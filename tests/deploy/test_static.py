@@ -203,16 +203,29 @@ def test_env_example_holds_no_secret_and_covers_every_required_variable() -> Non
     assert ".env" in ignored
 
 
+def dockerfile_stages(text: str) -> list[tuple[str, str | None]]:
+    """(base image with ARG defaults substituted, stage name) for every FROM line."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.MULTILINE))
+    return [
+        (re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base), name or None)
+        for base, name in re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.MULTILINE)
+    ]
+
+
 def test_dockerfile_extends_the_pinned_airflow_image() -> None:
     text = DOCKERFILE.read_text()
     airflow = constraint_version("apache-airflow")
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.MULTILINE))
-    bases = [
-        re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
-        for base in re.findall(r"^FROM (\S+)", text, re.MULTILINE)
-    ]
-    assert bases, "no FROM line"
-    assert all(base == f"apache/airflow:{airflow}" for base in bases), bases
+    stages = dockerfile_stages(text)
+    assert stages, "no FROM line"
+    runtime = stages[-1][0]
+    # The image runs the project's Python (the version constraints.txt was resolved with).
+    assert runtime == f"apache/airflow:{airflow}-python3.11", runtime
+    for base, name in stages:
+        if name == "wheel":
+            # The wheel is compiled in the official Python image of the same Python version.
+            assert base == "python:3.11-bookworm", base
+        else:
+            assert base == runtime, (name, base)
     # pip may not move Airflow: it is pinned to the image's version, under constraints.
     install = re.search(r"pip install[^\n]*", text.replace("\\\n", " "))
     assert install, "no pip install"
@@ -221,6 +234,19 @@ def test_dockerfile_extends_the_pinned_airflow_image() -> None:
     assert "airflow_pseudo-*.whl" in command
     assert command.count("--constraint") >= 1
     assert "--no-cache-dir" in command
+
+
+def test_dockerfile_builds_the_compiled_scanner_into_the_wheel() -> None:
+    """The C extension is optional for pip; the image must have it, and check that it imports."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    assert [name for _, name in dockerfile_stages(text)].count("wheel") == 1
+    wheel = re.search(r"pip wheel[^\n]*", text)
+    assert wheel, "no pip wheel"
+    assert "_scanner\\.cpython-" in wheel.group(0)  # the build fails without the compiled module
+    assert re.search(r"COPY --from=wheel\b", text)
+    assert 'python -c "import airflow_pseudo.pseudonymisation._scanner"' in text
+    copied = " ".join(re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE))
+    assert "setup.py" in copied  # setup.py declares the extension
 
 
 def test_dockerfile_installs_as_airflow_and_bakes_no_secret() -> None:
@@ -239,5 +265,5 @@ def test_build_context_keeps_only_what_the_dockerfile_copies() -> None:
     lines = (DOCKER_DIR / "Dockerfile.dockerignore").read_text().splitlines()
     ignore = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     assert ignore[0] == "**"  # everything is excluded first (.venv, .git, docker/.env, data)
-    for source in ("pyproject.toml", "README.md", "constraints.txt", "airflow_pseudo/"):
+    for source in ("pyproject.toml", "setup.py", "README.md", "constraints.txt", "airflow_pseudo/"):
         assert f"!{source}" in ignore, source
