@@ -196,6 +196,7 @@ class _Plans:
         # (tag, VR, implicit, raw value, patient, encodings) -> (chunk, new text, counts)
         self.values: dict[tuple[object, ...], tuple[bytes, str, tuple[int, int, int]]] = {}
         self.captured: dict[tuple[object, ...], Any] = {}  # decoded values read before rewriting
+        self.handling: dict[tuple[int, str | None, bool], tuple[int, Action, str | None]] = {}
 
     def action(self, tag: int) -> Action:
         action = self.actions.get(tag)
@@ -218,6 +219,8 @@ class _Plans:
 
 
 _PLAN_CODES = {Action.KEEP: KEEP, Action.REMOVE: REMOVE}
+# How _Rewriter._element handles an element (ordered: _COPY and _CHANGE write the element).
+_COPY, _CHANGE, _SEQUENCE, _REMOVE, _SKIP, _REFUSE_CHARACTER_SET, _REFUSE_UN_SEQUENCE = range(7)
 _REPORTED = _CAPTURED | {_DEIDENTIFICATION_CODES}
 _MARKER_TAGS = tuple(sorted(_MARKERS))
 _PLANS: weakref.WeakKeyDictionary[Pseudonymiser, _Plans] = weakref.WeakKeyDictionary()
@@ -241,6 +244,7 @@ class _Rewriter:
         self.encodings: list[str] = convert_encodings(None)
         self.depth = 0
         self.new_uids: dict[int, str] = {}
+        self.value_context: tuple[object, ...] = ()
 
     def run(self, start: int, transfer_syntax: UID) -> FastOutput:
         plans = self.plans
@@ -256,6 +260,8 @@ class _Rewriter:
         context = self.pseudonymiser.context_for(
             captured.get(_PATIENT_ID), captured.get(_STUDY_INSTANCE_UID)
         )
+        # Besides tag, VR and raw value, what a changed element's encoding depends on.
+        self.value_context = (self.implicit, context.patient, *self.encodings)
         body: list[bytes | memoryview] = []
         markers = self._markers(captured.get(_DEIDENTIFICATION_METHOD))
         pending = 0
@@ -317,33 +323,56 @@ class _Rewriter:
         top_level: bool,
     ) -> None:
         _, tag, vr, length, header, value, end = event
-        if top_level and tag in _MARKERS:
-            return  # replaced by this tool's own markers
-        if not top_level and tag == _SPECIFIC_CHARACTER_SET:
-            raise FastPathUnsupported("a sequence item with its own character set")
-        action = self.plans.action(tag)
-        if action is Action.REMOVE:
-            self.counts.removed += 1
-            return
-        dictionary_vr = _dictionary_vr(tag)
-        hidden = vr is None or vr == "UN"
-        if vr == "SQ" or (hidden and dictionary_vr == "SQ"):
-            if vr == "UN":
-                raise FastPathUnsupported("a sequence encoded as UN")
-            self._sequence(tag, length, value, action, out, context)
-            return
-        value_vr = dictionary_vr if hidden else vr
-        strategy = self._strategy(action, value_vr)
+        handling, action, value_vr = self._handling(tag, vr, top_level)
         new_text: str | None = None
-        if action is Action.KEEP or length == 0 or strategy is keep_value:
-            out.append(self.buffer[header:end])
-        else:
+        if handling == _CHANGE and length:
             chunk, new_text = self._changed(tag, vr, value_vr, length, value, action, context)
             out.append(chunk)
+        elif handling <= _CHANGE:  # _COPY, or a change of an empty value
+            out.append(self.buffer[header:end])
+        elif handling == _SEQUENCE:
+            self._sequence(tag, length, value, action, out, context)
+            return
+        elif handling == _REMOVE:
+            self.counts.removed += 1
+            return
+        elif handling == _SKIP:
+            return  # a marker: replaced by this tool's own
+        elif handling == _REFUSE_CHARACTER_SET:
+            raise FastPathUnsupported("a sequence item with its own character set")
+        else:
+            raise FastPathUnsupported("a sequence encoded as UN")
         if top_level and tag in _NAMING_UIDS:
             if new_text is None:  # kept: the output holds the original value
                 new_text = str(self._decode(tag, vr, length, value).value or "")
             self.new_uids[tag] = new_text
+
+    def _handling(
+        self, tag: int, vr: str | None, top_level: bool
+    ) -> tuple[int, Action, str | None]:
+        """How an element is handled, decided once per tag, VR and level."""
+        key = (tag, vr, top_level)
+        handling = self.plans.handling.get(key)
+        if handling is None:
+            handling = self.plans.handling[key] = self._decide(tag, vr, top_level)
+        return handling
+
+    def _decide(self, tag: int, vr: str | None, top_level: bool) -> tuple[int, Action, str | None]:
+        action = self.plans.action(tag)
+        if top_level and tag in _MARKERS:
+            return _SKIP, action, vr
+        if not top_level and tag == _SPECIFIC_CHARACTER_SET:
+            return _REFUSE_CHARACTER_SET, action, vr
+        if action is Action.REMOVE:
+            return _REMOVE, action, vr
+        dictionary_vr = _dictionary_vr(tag)
+        hidden = vr is None or vr == "UN"
+        if vr == "SQ" or (hidden and dictionary_vr == "SQ"):
+            return (_REFUSE_UN_SEQUENCE if vr == "UN" else _SEQUENCE), action, vr
+        value_vr = dictionary_vr if hidden else vr
+        if action is Action.KEEP or self._strategy(action, value_vr) is keep_value:
+            return _COPY, action, value_vr
+        return _CHANGE, action, value_vr
 
     def _changed(
         self,
@@ -363,8 +392,7 @@ class _Rewriter:
         if length == UNDEFINED_LENGTH or length > _VALUE_CACHE_MAX_BYTES:
             chunk, text, counts = self._apply(tag, vr, value_vr, length, value, action, context)
         else:
-            raw = bytes(self.buffer[value : value + length])
-            key = (tag, vr, self.implicit, raw, context.patient, *self.encodings)
+            key = (tag, vr, bytes(self.buffer[value : value + length]), self.value_context)
             values = self.plans.values
             cached = values.get(key)
             if cached is None:
