@@ -27,7 +27,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-TOOLS = ("fast-1", "fast-n", "reference", "roundtrip", "copy", "pymedphys", "dcmanon")
+TOOLS = (
+    "fast-1",
+    "fast-n",
+    "fast-1-nosync",
+    "reference",
+    "roundtrip",
+    "copy",
+    "pymedphys",
+    "dcmanon",
+)
 """Every tool the suite can time, in the order of the table."""
 WARM_UP_FILES = 8
 """Files processed, untimed, before the first timed run."""
@@ -101,10 +110,11 @@ class Measurement:
         return cls(**record)
 
 
-def _ours(engine: str, workers: int) -> tuple[Runner, str]:
+def _ours(engine: str, workers: int, durability: str = "batch") -> tuple[Runner, str]:
     from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise_files
+    from airflow_pseudo.pseudonymisation.fastpath import SCANNER
 
-    settings = Settings(key=PseudonymKey(BENCH_KEY), engine=engine)
+    settings = Settings(key=PseudonymKey(BENCH_KEY), engine=engine, durability=durability)
     settings.check()  # build the pseudonymiser once, outside the timed region
 
     def run(files: Sequence[str], out: Path) -> Counter[str]:
@@ -115,7 +125,7 @@ def _ours(engine: str, workers: int) -> tuple[Runner, str]:
 
     from importlib.metadata import version
 
-    return run, f"airflow-pseudo {version('airflow-pseudo')}"
+    return run, f"airflow-pseudo {version('airflow-pseudo')}, {SCANNER} scanner"
 
 
 def _roundtrip() -> tuple[Runner, str]:
@@ -195,6 +205,8 @@ def _runner(spec: Spec) -> tuple[Runner, str]:
         return _ours("auto", 1)
     if spec.tool == "fast-n":
         return _ours("auto", spec.workers)
+    if spec.tool == "fast-1-nosync":
+        return _ours("auto", 1, durability="none")
     if spec.tool == "reference":
         return _ours("reference", 1)
     if spec.tool == "roundtrip":

@@ -23,6 +23,7 @@ def tool_label(tool: str, workers: int) -> str:
     return {
         "fast-1": "airflow-pseudo fast path, 1 worker",
         "fast-n": f"airflow-pseudo fast path, {workers} workers",
+        "fast-1-nosync": "airflow-pseudo fast path, 1 worker, durability none (no sync)",
         "reference": "airflow-pseudo reference engine, 1 worker",
         "roundtrip": "pydicom dcmread + save_as, no changes",
         "copy": "plain file copy (shutil.copyfile)",

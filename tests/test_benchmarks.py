@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_ROWS = (
     "airflow-pseudo fast path, 1 worker",
     "airflow-pseudo fast path, 2 workers",
+    "airflow-pseudo fast path, 1 worker, durability none (no sync)",
     "airflow-pseudo reference engine, 1 worker",
     "pydicom dcmread + save_as, no changes",
     "plain file copy (shutil.copyfile)",
