@@ -8,11 +8,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest demo bench lock clean
+.PHONY: venv test lint typecheck pytest demo bench bench-orchestration lock clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py airflow_pseudo/pseudonymisation/_scanner.c
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11) and "Python >= 3.11 is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
@@ -36,6 +36,9 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks.run
+
+bench-orchestration: venv
+	$(BIN)/python -m benchmarks.orchestration
 
 # Re-resolve the dependency set from scratch and record it in constraints.txt.
 lock:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
+import threading
 from typing import Any
 
 import pytest
 
-from airflow_pseudo.pseudonymisation.workers import run_in_processes
+from airflow_pseudo.pseudonymisation import workers
+from airflow_pseudo.pseudonymisation.workers import StartMethod, run_in_processes
 
 
 class SquareOrDie:
@@ -23,24 +26,76 @@ class SquareOrDie:
         return item, -1, -1
 
 
-def test_results_come_back_in_input_order_from_several_processes():
+START_METHODS = pytest.mark.parametrize("start_method", ["fork", "spawn"])
+
+
+@START_METHODS
+def test_results_come_back_in_input_order_from_several_processes(start_method: StartMethod):
     """Every item gets its result, in order, and more than one process did the work."""
     items = [i for i in range(41) if i != 13]
-    results = list(run_in_processes(SquareOrDie(), items, None, 2, 3))
+    results = list(run_in_processes(SquareOrDie(), items, None, 2, 3, start_method))
     assert [r[:2] for r in results] == [(i, i * i) for i in items]
     assert len({r[2] for r in results}) >= 2
     assert os.getpid() not in {r[2] for r in results}
 
 
-def test_a_crash_costs_only_the_item_that_caused_it():
+@START_METHODS
+def test_a_crash_costs_only_the_item_that_caused_it(start_method: StartMethod):
     """A worker dying on one item is replaced; the rest of its chunk is retried and succeeds."""
-    results = list(run_in_processes(SquareOrDie(), list(range(30)), None, 2, 5))
+    results = list(run_in_processes(SquareOrDie(), list(range(30)), None, 2, 5, start_method))
     assert [r[1] for r in results] == [-1 if i == 13 else i * i for i in range(30)]
 
 
-def test_works_from_a_daemonic_process(monkeypatch: pytest.MonkeyPatch):
+@START_METHODS
+def test_works_from_a_daemonic_process(monkeypatch: pytest.MonkeyPatch, start_method: StartMethod):
     """Workers start even where multiprocessing forbids children (Celery's pool processes)."""
     monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)
     assert multiprocessing.current_process().daemon
-    results = list(run_in_processes(SquareOrDie(), [1, 2, 3, 4], None, 2, 1))
+    results = list(run_in_processes(SquareOrDie(), [1, 2, 3, 4], None, 2, 1, start_method))
     assert [r[1] for r in results] == [1, 4, 9, 16]
+
+
+class ReportStart:
+    """Returns what the worker sees of a mark set in the parent: only a fork inherits it."""
+
+    def run(self, items: list[int], settings: Any) -> list[str | None]:
+        return [getattr(workers, "_TEST_MARK", None) for _ in items]
+
+    def crashed(self, item: int) -> None:
+        return None
+
+
+def test_auto_forks_only_a_single_threaded_process(monkeypatch: pytest.MonkeyPatch):
+    """Fork is fast, but forking beside another thread could copy a lock it holds: spawn then."""
+    monkeypatch.setattr(workers, "_TEST_MARK", "inherited", raising=False)
+    assert set(run_in_processes(ReportStart(), [1, 2, 3, 4], None, 2, 1)) == {"inherited"}
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert set(run_in_processes(ReportStart(), [1, 2, 3, 4], None, 2, 1)) == {None}
+    finally:
+        stop.set()
+        thread.join()
+
+
+class Unloadable:
+    """A job no worker can load (as when a worker's environment lacks a module): all die."""
+
+    def run(self, items: list[int], settings: Any) -> list[int]:
+        return items
+
+    def crashed(self, item: int) -> int:
+        return -1
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return importlib.import_module, ("airflow_pseudo_no_such_module",)
+
+
+@START_METHODS
+def test_workers_that_cannot_start_stop_the_batch_instead_of_failing_every_item(
+    start_method: StartMethod,
+):
+    """A broken environment is one clear error, not one dead worker per item."""
+    with pytest.raises(RuntimeError, match="exited before they started"):
+        list(run_in_processes(Unloadable(), list(range(100)), None, 2, 10, start_method))

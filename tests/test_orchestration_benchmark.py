@@ -1,0 +1,69 @@
+"""Smoke test of the orchestration-overhead benchmark: ``make bench-orchestration``, tiny corpus.
+
+It runs the real CLI and the real mapped DAG with ``dag.test()`` on 40 files in batches of 10 and
+checks the report's shape (both times, the verdict line, the XCom record counts), never the
+numbers: those depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FILES = 40
+BATCH_SIZE = 10
+
+SECONDS = r"\*\*[\d,]+\.\d\*\*"
+EXPECTED_LINES = (
+    r"^\| CLI `airflow-pseudo pseudonymise` \| [\d,]+\.\d \|",
+    r"^\| CLI `airflow-pseudo validate` \| [\d,]+\.\d \|",
+    rf"^\| \*\*CLI total\*\* \| {SECONDS} \|",
+    rf"^\| \*\*DAG `dicom_pseudonymise_mapped`, `dag.test\(\)`\*\* \| {SECONDS} \|",
+    r"^\| \*\*Overhead \(DAG - CLI total\)\*\* \| \*\*-?[\d,]+\.\d\*\* \|",
+    r"^- \*\*(PASS|FAIL)\*\* overhead < 60 s: DAG ",
+    rf"^- XCom pseudonymise records: {FILES} for {FILES} files \({FILES} distinct sources; ",
+    rf"^- XCom validate records: {FILES} for {FILES} files \({FILES} distinct sources; ",
+    r"^- XCom records match N: \*\*yes\*\*$",
+    r"^- DAG run state: success$",
+    rf"^- Published files: {FILES}; ",
+)
+
+
+@pytest.mark.slow
+def test_orchestration_benchmark_reports_both_times(tmp_path: Path) -> None:
+    output = tmp_path / "orchestration.md"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.orchestration",
+            f"--files={FILES}",
+            f"--batch-size={BATCH_SIZE}",
+            "--workers=1",
+            f"--output={output}",
+            f"--workdir={tmp_path / 'work'}",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert output.exists()
+    report = output.read_text()
+    assert report.strip() in completed.stdout
+    for pattern in EXPECTED_LINES:
+        assert re.search(pattern, report, re.MULTILINE), pattern
+    assert f"N = {FILES} " in report
+    assert f"batch size B = {BATCH_SIZE} ({FILES // BATCH_SIZE} mapped batches)" in report
+    assert "CPU:" in report
+    assert "Python 3." in report
