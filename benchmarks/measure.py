@@ -257,6 +257,9 @@ def measure(spec: Spec) -> Measurement:
     started = time.perf_counter()
     for repeat in range(max(1, spec.max_repeats)):
         out = _empty(root / f"repeat-{repeat}")
+        # Flush what earlier runs (and the last one's deletion) left dirty, untimed: no tool pays
+        # for another's write-back.
+        os.sync()
         t0 = time.perf_counter()
         counts = run(files, out)
         result.seconds.append(time.perf_counter() - t0)

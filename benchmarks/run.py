@@ -238,7 +238,9 @@ def _notes(
         "default (durability batch), syncs the file system once per chunk of 64 files before "
         "linking them; the 'durability none' row skips the sync, like the round trip, copy, "
         "PyMedPhys and dcmanon rows, which neither sync nor write atomically.",
-        "The N-worker time includes starting the worker processes (spawn) in every run.",
+        "The N-worker time includes starting the worker processes in every run (forked, as no "
+        "other thread runs in the measuring process). Every timed run starts after an untimed "
+        "os.sync(), so no tool pays for write-back left by an earlier one.",
         "PyMedPhys runs `pymedphys.experimental.pseudonymisation.pseudonymise` on each Dataset "
         "then `save_as`, with HOME set to a temp folder holding a fixed `[pseudo]` pepper and "
         "epoch_jitter; its per-file exceptions are counted as failures, and failed files still "
