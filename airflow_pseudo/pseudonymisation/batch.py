@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset
 
 from airflow_pseudo.pseudonymisation.errors import PseudonymisationError
-from airflow_pseudo.pseudonymisation.fastpath import mapped, pseudonymise_buffer
+from airflow_pseudo.pseudonymisation.fastpath import file_view, pseudonymise_buffer
 from airflow_pseudo.pseudonymisation.files import (
     InputFolder,
     InputOutsideRootError,
@@ -198,7 +198,7 @@ class _FileJob:
         durable = settings.durability == "file"
         if settings.engine == "auto":
             try:
-                with mapped(source) as buffer:
+                with file_view(source) as buffer:
                     fast = pseudonymise_buffer(buffer, settings.pseudonymiser)
                     target = self._target(source, fast.uids, settings)
                     file = stage(fast.chunks, target, durable=durable)

@@ -72,6 +72,7 @@ except ImportError:  # installed without a C compiler: the reference scanner, sl
 from airflow_pseudo.pseudonymisation.strategies import PseudonymContext, Strategy, keep_value
 
 PREAMBLE_AND_PREFIX = 132
+_READ_WHOLE_LIMIT = 1 << 20  # bytes: files up to this size are read, larger ones mapped
 # Real data nests a few levels (SR content trees a few dozen at most); far deeper nesting is
 # built to exhaust parsers, and pydicom cannot read it back.
 MAX_SEQUENCE_DEPTH = 64
@@ -115,22 +116,42 @@ class FastOutput:
 
 
 @contextmanager
-def mapped(path: str | os.PathLike[str]) -> Iterator[memoryview]:
-    """Map a file read-only; an empty file maps to an empty view.
+def file_view(path: str | os.PathLike[str]) -> Iterator[memoryview]:
+    """A read-only view of a whole file: read into memory when small, memory-mapped when large.
 
-    Chunks sliced from the view may outlive the block (in an exception, say): the map is then
-    closed when the last of them is dropped instead of at the end of the block.
+    A large file (multi-frame pixel data) is mapped, so the output's chunks are slices of the map
+    and the file is never held twice; a small one costs less read than mapped. Chunks sliced from
+    a map may outlive the block (in an exception, say): the map is then closed when the last of
+    them is dropped instead of at the end of the block.
     """
-    with open(path, "rb") as stream:
-        if os.fstat(stream.fileno()).st_size == 0:
-            yield memoryview(b"")
-            return
-        data = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size <= _READ_WHOLE_LIMIT:
+            data: bytes | mmap.mmap = _read_whole(fd, size)
+        else:
+            data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    if isinstance(data, bytes):
+        yield memoryview(data)
+        return
     try:
         yield memoryview(data)
     finally:
         with suppress(BufferError):
             data.close()
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd``, fewer if the file shrank meanwhile; a read may come short."""
+    data = os.read(fd, size)
+    while len(data) < size:
+        block = os.read(fd, size - len(data))
+        if not block:
+            break
+        data += block
+    return data
 
 
 def pseudonymise_buffer(buffer: memoryview, pseudonymiser: Pseudonymiser) -> FastOutput:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import filecmp
+import functools
+import itertools
 import os
 import re
 import socket
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -247,8 +248,7 @@ def stage(
     fsync each.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(), suffix=".dcm", dir=target.parent)
+    fd, name = _create_temporary(os.path.dirname(target))
     staged = StagedFile(Path(name), target)
     try:
         if isinstance(content, Dataset):
@@ -321,12 +321,39 @@ _JOIN_LIMIT = 1 << 20
 
 
 _TEMPORARY = re.compile(r"^\.tmp-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-.*\.dcm$")
+# O_EXCL: a name already taken, by a leftover or a planted link, is never opened or followed.
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+_MAX_NAME_TRIES = 10_000
+_serial = itertools.count()
+
+
+def _create_temporary(folder: str) -> tuple[int, str]:
+    """Create and open a new empty file in ``folder`` (made if missing), readable by owner only.
+
+    Named ``<prefix><serial>.dcm``: the prefix names this process, so a serial number suffices,
+    and it costs less than the random names of :func:`tempfile.mkstemp`.
+    """
+    prefix = _temporary_prefix()
+    for _ in range(_MAX_NAME_TRIES):
+        name = os.path.join(folder, f"{prefix}{next(_serial)}.dcm")
+        try:
+            return os.open(name, _CREATE_NEW, 0o600), name
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # a new folder: made once, not checked for every file
+            os.makedirs(folder, exist_ok=True)
+    raise FileExistsError("no free temporary name in the output folder")
 
 
 def _temporary_prefix() -> str:
     """``.tmp-<host>-<pid>-``: lets a later run tell a dead writer's leftovers from live ones."""
+    return _prefix_for(os.getpid())  # a forked child gets its own
+
+
+@functools.lru_cache(maxsize=1)
+def _prefix_for(pid: int) -> str:
     host = re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname()) or "host"
-    return f".tmp-{host}-{os.getpid()}-"
+    return f".tmp-{host}-{pid}-"
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:

@@ -13,16 +13,18 @@ A worker is started one of two ways:
 - **spawn** otherwise: a fresh interpreter running :func:`main`, which imports only the core
   (a few hundred milliseconds).
 
-Either way the worker receives the job and its settings once, then chunks of items, and answers
-each chunk with its results. Frames are length-prefixed pickles over the child's own pipes, so
-the key never touches the disk. When a worker dies, a fresh one takes over and the items of the
-lost chunk are retried one by one, so only the item that kills a worker gets the job's crash
-result.
+A spawned worker receives the job and its settings once, as a length-prefixed pickle over its
+own stdin (so the key never touches the disk); a forked one already holds them, with whatever the
+parent has learnt (the fast path's per-profile plans and value caches). Then each worker receives
+chunks of items and answers each with its results, in frames of the same kind. When a worker
+dies, a fresh one takes over and the items of the lost chunk are retried one by one, so only the
+item that kills a worker gets the job's crash result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import selectors
@@ -98,11 +100,13 @@ def _single_threaded() -> bool:
 
 
 class _Worker:
-    def __init__(self, start: StartMethod, siblings: Sequence[_Worker]) -> None:
+    def __init__(
+        self, start: StartMethod, siblings: Sequence[_Worker], job: Job[Any, Any], settings: Any
+    ) -> None:
         self.chunk: tuple[int, Sequence[Any]] | None = None
         self.ready = False
         if start == "fork" or (start == "auto" and _single_threaded()):
-            self._fork(siblings)
+            self._fork(siblings, job, settings)
             return
         self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
             [sys.executable, "-c", f"from {__name__} import main; main()"],
@@ -114,11 +118,20 @@ class _Worker:
         self.requests: IO[bytes] = self.process.stdin
         self.replies: IO[bytes] = self.process.stdout
         self.pid = self.process.pid
+        _send(self.requests, (job, settings))
 
-    def _fork(self, siblings: Sequence[_Worker]) -> None:
+    def _fork(self, siblings: Sequence[_Worker], job: Job[Any, Any], settings: Any) -> None:
         request_read, request_write = os.pipe()
         reply_read, reply_write = os.pipe()
-        pid = os.fork()
+        # The child's garbage collector then leaves the parent's objects alone, instead of
+        # touching (and so copying) every page that holds them.
+        gc.freeze()
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:  # the parent (or a failed fork) collects as before
+                gc.unfreeze()
         if pid == 0:  # the child: serve, never return into the parent's code
             status = 1
             try:
@@ -129,7 +142,7 @@ class _Worker:
                     sibling.replies.close()
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, signal.SIG_DFL)
-                _serve(os.fdopen(request_read, "rb"), os.fdopen(reply_write, "wb"))
+                _serve(os.fdopen(request_read, "rb"), os.fdopen(reply_write, "wb"), (job, settings))
                 status = 0
             finally:
                 os._exit(status)
@@ -141,8 +154,16 @@ class _Worker:
         self.replies = os.fdopen(reply_read, "rb", buffering=0)
 
     def stop(self) -> None:
+        self.close()
+        self.wait()
+
+    def close(self) -> None:
+        """Tell the worker there is no more work: it exits once it sees its pipe close."""
         with contextlib.suppress(OSError):
             self.requests.close()
+
+    def wait(self) -> None:
+        """Wait for the worker to exit (killing it after 10 s) and release its pipe."""
         if self.process is not None:
             try:
                 self.process.wait(timeout=10)
@@ -155,16 +176,39 @@ class _Worker:
 
 
 def _reap(pid: int, timeout: float) -> None:
-    """Wait for a forked child to exit; kill it if it has not after ``timeout`` seconds."""
+    """Wait for a forked child to exit; kill it if it has not after ``timeout`` seconds.
+
+    Polled from a fraction of a millisecond upwards: a worker whose pipe has closed exits at
+    once, and a batch should not end tens of milliseconds after its last result.
+    """
     deadline = time.monotonic() + timeout
+    pause = 0.0002
     while time.monotonic() < deadline:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done:
             return
-        time.sleep(0.01)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
+
+
+def chunk_bounds(count: int, workers: int, chunksize: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each chunk: ``chunksize`` items, shrinking towards the end.
+
+    Equal chunks would leave one worker busy with the last of them while the others idle; a
+    chunk never holds more than a ``2 * workers``-th of what remains, so the workers finish at
+    about the same time.
+    """
+    smallest = max(1, min(chunksize // 8, -(-count // workers)))  # a few items: all work
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < count:
+        size = min(chunksize, max(smallest, -(-(count - start) // (2 * workers))))
+        bounds.append((start, min(count, start + size)))
+        start += size
+    return bounds
 
 
 def run_in_processes(
@@ -177,10 +221,12 @@ def run_in_processes(
 ) -> Iterator[_R]:
     """Run ``job`` over ``items`` in ``workers`` child processes; yield results in input order.
 
+    :param chunksize: the most items sent to a worker at once (see :func:`chunk_bounds`).
+
     :param start_method: ``fork``, ``spawn``, or ``auto``: fork unless other threads run.
     """
     chunks = deque(
-        (start, items[start : start + chunksize]) for start in range(0, len(items), chunksize)
+        (start, items[start:end]) for start, end in chunk_bounds(len(items), workers, chunksize)
     )
     finished: dict[int, Sequence[_R]] = {}
     next_start = 0
@@ -188,8 +234,7 @@ def run_in_processes(
     pool: list[_Worker] = []
 
     def start_worker() -> None:
-        worker = _Worker(start_method, pool)
-        _send(worker.requests, (job, settings))
+        worker = _Worker(start_method, pool, job, settings)
         pool.append(worker)
         selector.register(worker.replies, selectors.EVENT_READ, worker)
         feed(worker)
@@ -249,13 +294,17 @@ def run_in_processes(
                 next_start += len(results)
                 yield from results
     finally:
+        for worker in pool:  # all told first, so they exit together
+            worker.close()
         for worker in list(pool):
             retire(worker)
         selector.close()
 
 
-def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
-    job, settings = _receive(requests)
+def _serve(
+    requests: IO[bytes], replies: IO[bytes], inherited: tuple[Job[Any, Any], Any] | None = None
+) -> None:
+    job, settings = inherited if inherited is not None else _receive(requests)
     _send(replies, _READY)
     while True:
         try:

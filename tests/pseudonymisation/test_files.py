@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path, PurePath
 from unittest import mock
 
 import pydicom
 import pytest
 
+from airflow_pseudo.pseudonymisation import files
 from airflow_pseudo.pseudonymisation.errors import ConfigurationError, UnsupportedInputError
 from airflow_pseudo.pseudonymisation.files import (
     check_not_inside,
@@ -124,6 +126,22 @@ class TestWrite:
         staged.commit()
         assert target.read_bytes() == b"\x00" * 128 + b"DICMrest"
         assert [p.name for p in target.parent.iterdir()] == ["x.dcm"]
+
+    def test_a_temporary_name_already_taken_is_skipped_never_followed(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ):
+        """A leftover, or a link planted at the next temporary name, is neither opened nor hurt."""
+        monkeypatch.setattr(files, "_serial", itertools.count(5))
+        prefix = files._temporary_prefix()
+        victim = tmp_path / "victim"
+        victim.write_bytes(b"keep")
+        (tmp_path / f"{prefix}5.dcm").symlink_to(victim)
+        (tmp_path / f"{prefix}6.dcm").write_bytes(b"leftover")
+        staged = stage([b"data"], tmp_path / "x.dcm", durable=False)
+        assert staged.temporary.name == f"{prefix}7.dcm"
+        assert victim.read_bytes() == b"keep"
+        assert (tmp_path / f"{prefix}6.dcm").read_bytes() == b"leftover"
+        assert staged.temporary.stat().st_mode & 0o077 == 0  # readable by its owner only
 
     def test_a_discarded_staged_file_leaves_nothing(self, tmp_path: Path):
         staged = stage([b"data"], tmp_path / "x.dcm", durable=True)

@@ -32,7 +32,12 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, scanner
-from airflow_pseudo.pseudonymisation.fastpath import _MARKER_TAGS, _Plans, _read_file_meta, mapped
+from airflow_pseudo.pseudonymisation.fastpath import (
+    _MARKER_TAGS,
+    _Plans,
+    _read_file_meta,
+    file_view,
+)
 from airflow_pseudo.pseudonymisation.scanner import (
     CHANGE,
     DICTIONARY_SQ,
@@ -273,12 +278,12 @@ def bundled_files() -> Iterator[Path]:
 
 
 def test_every_bundled_file_and_every_item_in_it(compiled: ScanLevel, plans: _Plans):
-    """Both VR modes over every file (memory-mapped, as the fast path reads), items included."""
+    """Both VR modes over every file (through file_view, as the fast path reads), items included."""
     files = scans = clean = 0
     for path in bundled_files():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with mapped(path) as buffer:
+            with file_view(path) as buffer:
                 for implicit in (False, True):
                     walk = walk_file(compiled, plans, buffer, implicit)
                     scans, clean = scans + walk.scans, clean + walk.clean

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from airflow_pseudo.pseudonymisation import workers
-from airflow_pseudo.pseudonymisation.workers import StartMethod, run_in_processes
+from airflow_pseudo.pseudonymisation.workers import StartMethod, chunk_bounds, run_in_processes
 
 
 class SquareOrDie:
@@ -94,10 +94,38 @@ class Unloadable:
         return importlib.import_module, ("airflow_pseudo_no_such_module",)
 
 
-@START_METHODS
-def test_workers_that_cannot_start_stop_the_batch_instead_of_failing_every_item(
-    start_method: StartMethod,
-):
+def test_spawned_workers_that_cannot_load_the_job_stop_the_batch():
     """A broken environment is one clear error, not one dead worker per item."""
     with pytest.raises(RuntimeError, match="exited before they started"):
-        list(run_in_processes(Unloadable(), list(range(100)), None, 2, 10, start_method))
+        list(run_in_processes(Unloadable(), list(range(100)), None, 2, 10, "spawn"))
+
+
+def test_forked_workers_that_die_before_starting_stop_the_batch(monkeypatch: pytest.MonkeyPatch):
+    """Same for forked workers: each child dies before it reports ready."""
+    monkeypatch.setattr(workers, "_serve", lambda *args: os._exit(7))
+    with pytest.raises(RuntimeError, match="exited before they started"):
+        list(run_in_processes(SquareOrDie(), list(range(100)), None, 2, 10, "fork"))
+
+
+def test_forked_workers_use_the_parents_job_without_pickling_it():
+    """A fork inherits the job (and the key in its settings): nothing crosses a pipe for it."""
+    results = list(run_in_processes(Unloadable(), list(range(20)), None, 2, 3, "fork"))
+    assert results == list(range(20))
+
+
+@pytest.mark.parametrize(
+    ("count", "workers_", "chunksize"), [(1000, 2, 64), (41, 2, 3), (7, 4, 64), (1, 2, 1)]
+)
+def test_chunks_cover_every_item_once_and_shrink_towards_the_end(
+    count: int, workers_: int, chunksize: int
+):
+    """Equal chunks would leave one worker alone with the last of them while the others idle."""
+    bounds = chunk_bounds(count, workers_, chunksize)
+    assert [start for start, _ in bounds] == [0] + [end for _, end in bounds[:-1]]
+    assert bounds[-1][1] == count
+    sizes = [end - start for start, end in bounds]
+    assert max(sizes) <= chunksize
+    assert sizes == sorted(sizes, reverse=True)
+    assert len(bounds) >= min(workers_, count)  # every worker gets something
+    if count >= 8 * chunksize:
+        assert sizes[0] == chunksize and sizes[-1] < chunksize
