@@ -5,9 +5,14 @@ the next, and makes ``getrusage`` report that measurement's own peak memory. Too
 lazily so this module runs under any Python 3.11 that has the one tool it is asked to time
 (dcmanon may live in a scratch venv with nothing else installed).
 
-Every repetition writes into a fresh, empty output folder that is deleted afterwards (outside the
-timed region). Logging and warnings are silenced for every tool alike, so console output (PyMedPhys
-logs several warnings per file) is not part of any tool's cost.
+Every repetition writes into a fresh, empty output folder. Nothing is deleted while measuring (the
+runner deletes every output at the end): on ext4 without a journal, as on the machine these
+numbers come from, creating files stays slow after thousands were deleted (the inode allocator
+skips, one by one, inodes deleted in the last minute, or in the last five while the deletion is
+not yet written back), which would slow whichever tool ran next.
+
+Logging and warnings are silenced for every tool alike, so console output (PyMedPhys logs several
+warnings per file) is not part of any tool's cost.
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ class Measurement:
     """What one subprocess measured; read back by the runner as JSON.
 
     :param seconds: wall time of each repetition.
+    :param rounds: the round of each repetition (the runner's interleaving), for paired ratios.
+    :param cpu_seconds: CPU time (user + system, workers included) of each repetition: unlike
+        wall time, barely moved by a slow disk or a busy neighbour.
     :param counts: per-file outcomes of the last repetition (``ok``, ``failed``, and for this
         project ``engine:fast`` / ``engine:reference``).
     :param peak_rss_kb: peak resident set size of the measuring process.
@@ -82,6 +90,8 @@ class Measurement:
     files: int
     bytes: int
     seconds: list[float] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     peak_rss_kb: int = 0
     worker_peak_rss_kb: int = 0
@@ -92,6 +102,12 @@ class Measurement:
     @property
     def median_s(self) -> float:
         return statistics.median(self.seconds) if self.seconds else float("nan")
+
+    @property
+    def cpu_ms_per_file(self) -> float:
+        if not self.cpu_seconds:
+            return float("nan")
+        return statistics.median(self.cpu_seconds) * 1000 / self.files
 
     @property
     def files_per_s(self) -> float:
@@ -108,6 +124,18 @@ class Measurement:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Measurement:
         return cls(**record)
+
+    def add_round(self, other: Measurement, round_: int) -> None:
+        """Take in ``other``, one round's measurement of the same tool on the same corpus."""
+        self.seconds += other.seconds
+        self.cpu_seconds += other.cpu_seconds
+        self.rounds += [round_] * len(other.seconds)
+        self.counts = other.counts or self.counts
+        self.peak_rss_kb = max(self.peak_rss_kb, other.peak_rss_kb)
+        self.worker_peak_rss_kb = max(self.worker_peak_rss_kb, other.worker_peak_rss_kb)
+        self.version = other.version or self.version
+        self.skipped = other.skipped
+        self.error = other.error
 
 
 def _ours(engine: str, workers: int, durability: str = "batch") -> tuple[Runner, str]:
@@ -236,6 +264,14 @@ def _empty(directory: Path) -> Path:
     return directory
 
 
+def _cpu_seconds() -> float:
+    """User and system time of this process and of its reaped children (worker processes)."""
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def measure(spec: Spec) -> Measurement:
     """Time ``spec.tool`` over the files: at least once, up to ``max_repeats`` within budget."""
     files = list(spec.files)
@@ -253,18 +289,17 @@ def measure(spec: Spec) -> Measurement:
     # in-process, and the pool it times is started afresh by every run anyway.
     sample = files[:: max(1, len(files) // WARM_UP_FILES)][:WARM_UP_FILES]
     run(sample[:1] if spec.tool == "fast-n" else sample, _empty(root / "warm-up"))
-    shutil.rmtree(root / "warm-up")
     started = time.perf_counter()
     for repeat in range(max(1, spec.max_repeats)):
         out = _empty(root / f"repeat-{repeat}")
         # Flush what earlier runs (and the last one's deletion) left dirty, untimed: no tool pays
         # for another's write-back.
         os.sync()
-        t0 = time.perf_counter()
+        cpu0, t0 = _cpu_seconds(), time.perf_counter()
         counts = run(files, out)
         result.seconds.append(time.perf_counter() - t0)
+        result.cpu_seconds.append(_cpu_seconds() - cpu0)
         result.counts = dict(counts)
-        shutil.rmtree(out)
         if time.perf_counter() - started > spec.repeat_budget_s:
             break
     result.peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -50,12 +50,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="100 CT files and a short repetition budget (~1 min)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="at most this many runs per measurement (3)"
+        "--repeats",
+        type=int,
+        default=5,
+        help="rounds: each runs every tool once, interleaved (5)",
     )
     parser.add_argument(
         "--budget",
         type=float,
-        help="no further run of a measurement once it has taken this many seconds (20; 3 quick)",
+        help="no further round for a tool once its runs took this many seconds (20; 3 quick)",
     )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="N for the N-worker row (cores)"
@@ -114,6 +117,7 @@ def run_measurement(
     stem = workdir / f"{spec.corpus}-{spec.tool}"
     spec_path, result_path = stem.with_suffix(".spec.json"), stem.with_suffix(".result.json")
     spec_path.write_text(json.dumps(asdict(spec)))
+    result_path.unlink(missing_ok=True)  # a crash must not pass off an earlier round's result
     started = time.perf_counter()
     completed = subprocess.run(
         [python, "-m", "benchmarks.measure", str(spec_path), str(result_path)],
@@ -141,6 +145,56 @@ def _environment(home: Path | None = None) -> dict[str, str]:
     return env
 
 
+def measure_in_rounds(
+    args: argparse.Namespace,
+    corpora: Sequence[Corpus],
+    dcmanon_python: str | None,
+    pymedphys_home: Path,
+    workdir: Path,
+) -> dict[tuple[str, str], Measurement]:
+    """Time every tool on every corpus once per round, for ``--repeats`` rounds.
+
+    Interleaved rather than one tool's runs back to back: this machine's speed drifts (a shared
+    disk and CPU), and a slow spell then hits every tool of a round instead of all runs of one.
+    The order of the tools rotates from round to round, so none is always first or last. A tool
+    runs in no further round once its timed runs add up to ``--budget`` seconds.
+    """
+    results: dict[tuple[str, str], Measurement] = {}
+    for round_ in range(args.repeats):
+        shift = round_ % len(args.tools)
+        for corpus in corpora:
+            for tool in args.tools[shift:] + args.tools[:shift]:
+                merged = results.setdefault(
+                    (corpus.name, tool),
+                    Measurement(tool, corpus.name, len(corpus.files), corpus.bytes),
+                )
+                if merged.skipped or merged.error or sum(merged.seconds) >= args.budget:
+                    continue
+                label = tool_label(tool, args.workers)
+                if tool == "dcmanon" and dcmanon_python is None:
+                    merged.skipped = "dcmanon not installed (see notes)"
+                    _log(f"{corpus.name:5} {label}: skipped, dcmanon not installed")
+                    continue
+                spec = Spec(
+                    tool=tool,
+                    corpus=corpus.name,
+                    files=corpus.files,
+                    output_root=str(workdir / "outputs" / f"{corpus.name}-{tool}-{round_}"),
+                    workers=args.workers,
+                    max_repeats=1,
+                )
+                python = dcmanon_python if tool == "dcmanon" and dcmanon_python else sys.executable
+                env = _environment(pymedphys_home if tool == "pymedphys" else None)
+                m, wall = run_measurement(spec, python, workdir, env)
+                merged.add_round(m, round_)
+                if m.seconds:
+                    summary = f"{m.files_per_s:,.1f} files/s"
+                else:
+                    summary = m.error or m.skipped or "no result"
+                _log(f"round {round_ + 1}, {corpus.name:5} {label}: {summary} ({wall:.1f} s wall)")
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_started = time.perf_counter()
@@ -158,35 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pymedphys_home = write_pymedphys_home(workdir / "pymedphys-home")
         dcmanon_python = dcmanon_interpreter(args.dcmanon_python)
 
-        results: dict[tuple[str, str], Measurement] = {}
-        for corpus in corpora:
-            for tool in args.tools:
-                label = tool_label(tool, args.workers)
-                if tool == "dcmanon" and dcmanon_python is None:
-                    skipped = Measurement(tool, corpus.name, len(corpus.files), corpus.bytes)
-                    skipped.skipped = "dcmanon not installed (see notes)"
-                    results[corpus.name, tool] = skipped
-                    _log(f"{corpus.name:5} {label}: skipped, dcmanon not installed")
-                    continue
-                spec = Spec(
-                    tool=tool,
-                    corpus=corpus.name,
-                    files=corpus.files,
-                    output_root=str(workdir / f"out-{corpus.name}-{tool}"),
-                    workers=args.workers,
-                    max_repeats=args.repeats,
-                    repeat_budget_s=args.budget,
-                )
-                python = dcmanon_python if tool == "dcmanon" and dcmanon_python else sys.executable
-                env = _environment(pymedphys_home if tool == "pymedphys" else None)
-                m, wall = run_measurement(spec, python, workdir, env)
-                results[corpus.name, tool] = m
-                if m.seconds:
-                    summary = f"{m.files_per_s:,.1f} files/s over {len(m.seconds)} run(s)"
-                else:
-                    summary = m.error or m.skipped or "no result"
-                _log(f"{corpus.name:5} {label}: {summary} ({wall:.1f} s wall)")
-
+        results = measure_in_rounds(args, corpora, dcmanon_python, pymedphys_home, workdir)
         machine.load_after = os.getloadavg()
         for m in results.values():
             if m.version:
@@ -202,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.perf_counter() - run_started,
         )
     finally:
+        shutil.rmtree(workdir / "outputs", ignore_errors=True)  # kept until now: see measure.py
+        # Deletions slow ext4's inode allocator for a minute once written back, five while not:
+        # spare whatever runs next.
+        os.sync()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(report)
@@ -241,6 +271,9 @@ def _notes(
         "The N-worker time includes starting the worker processes in every run (forked, as no "
         "other thread runs in the measuring process). Every timed run starts after an untimed "
         "os.sync(), so no tool pays for write-back left by an earlier one.",
+        "No output is deleted until the whole benchmark has run (a few GB at the default "
+        "sizes): on ext4 without a journal, creating files stays slow for a minute or more "
+        "after thousands were deleted, which would slow whichever tool ran next.",
         "PyMedPhys runs `pymedphys.experimental.pseudonymisation.pseudonymise` on each Dataset "
         "then `save_as`, with HOME set to a temp folder holding a fixed `[pseudo]` pepper and "
         "epoch_jitter; its per-file exceptions are counted as failures, and failed files still "

@@ -6,12 +6,16 @@ those depend on the machine and its load.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from benchmarks.measure import Measurement
+from benchmarks.report import paired_ratio, targets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,3 +81,41 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
         ), target
     assert "CPU:" in report
     assert "Python 3." in report
+
+
+def _measured(tool: str, seconds: list[float], rounds: list[int]) -> Measurement:
+    return Measurement(tool, "ct", 100, 4_000_000, seconds=seconds, rounds=rounds)
+
+
+def test_ratios_are_paired_by_round_so_a_slow_spell_cancels_out() -> None:
+    """Round 1 ran everything twice as slowly: the paired ratio still says 2x, every round."""
+    ours = _measured("fast-1", [1.0, 2.0, 1.0], [0, 1, 2])
+    theirs = _measured("roundtrip", [2.0, 4.0, 2.0], [0, 1, 2])
+    assert paired_ratio(ours, theirs) == pytest.approx(2.0)
+    # Slow spells that hit the two tools in different rounds: the median ratio ignores them.
+    ours = _measured("fast-1", [1.0, 3.0, 1.0, 1.0, 1.0], [0, 1, 2, 3, 4])
+    theirs = _measured("roundtrip", [2.0, 2.0, 2.0, 6.0, 2.0], [0, 1, 2, 3, 4])
+    assert paired_ratio(ours, theirs) == pytest.approx(2.0)
+
+
+def test_paired_ratio_uses_only_rounds_both_ran_in() -> None:
+    ours = _measured("fast-1", [1.0, 1.0, 1.0], [0, 1, 2])
+    budgeted = _measured("pymedphys", [30.0], [1])  # sat out rounds 0 and 2 (budget)
+    assert paired_ratio(ours, budgeted) == pytest.approx(30.0)
+    assert math.isnan(paired_ratio(ours, None))
+    crashed = _measured("dcmanon", [], [])
+    crashed.error = "exit 1"
+    assert math.isnan(paired_ratio(ours, crashed))
+
+
+def test_targets_are_judged_on_paired_ratios() -> None:
+    results = {
+        ("ct", "fast-1"): _measured("fast-1", [1.0, 2.0], [0, 1]),
+        ("ct", "fast-n"): _measured("fast-n", [0.6, 1.2], [0, 1]),  # 1.67x in both rounds
+    }
+    verdicts = {t.name: t.verdict for t in targets(results, workers=2)}
+    assert verdicts["CT: 2 workers >= 0.8 x 2 x 1 worker"] == "PASS"
+    assert verdicts["CT: fast path (1 worker) >= 1.0x dcmanon"] == "N/A"
+    results["ct", "fast-n"] = _measured("fast-n", [0.7, 1.4], [0, 1])  # 1.43x
+    verdicts = {t.name: t.verdict for t in targets(results, workers=2)}
+    assert verdicts["CT: 2 workers >= 0.8 x 2 x 1 worker"] == "FAIL"

@@ -34,7 +34,7 @@ from airflow_pseudo.pseudonymisation.files import (
     sniff_dicom,
     stage,
     sync_filesystem,
-    uid_relpath,
+    uid_parts,
 )
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.settings import Settings
@@ -202,9 +202,7 @@ class _FileJob:
                     fast = pseudonymise_buffer(buffer, settings.pseudonymiser)
                     target = self._target(source, fast.uids, settings)
                     file = stage(fast.chunks, target, durable=durable)
-                result = FileResult(
-                    source, str(target), engine="fast", changes=fast.counts.to_dict()
-                )
+                result = FileResult(source, target, engine="fast", changes=fast.counts.to_dict())
                 return result, file
             except (PseudonymisationError, OSError):
                 raise
@@ -214,7 +212,7 @@ class _FileJob:
         counts = settings.pseudonymiser.pseudonymise_in_place(dataset)
         target = self._target(source, dataset, settings)
         file = stage(dataset, target, durable=durable)
-        return FileResult(source, str(target), engine="reference", changes=counts.to_dict()), file
+        return FileResult(source, target, engine="reference", changes=counts.to_dict()), file
 
     def crashed(self, source: str) -> FileResult:
         """The record of a file whose worker process died while pseudonymising it."""
@@ -226,19 +224,17 @@ class _FileJob:
             quarantine=quarantine(source, reason, self.quarantine_dir),
         )
 
-    def _target(
-        self, source: str, dataset: Dataset | Mapping[str, str], settings: Settings
-    ) -> Path:
+    def _target(self, source: str, dataset: Dataset | Mapping[str, str], settings: Settings) -> str:
         """Where the output goes: named by pseudonymised UIDs unless the layout says otherwise."""
         if settings.output_layout == "mirror" and self.input_root is not None:
             relpath = PurePath(os.path.relpath(Path(source).resolve(), self.input_root))
-        elif settings.output_layout == "mirror":
-            relpath = PurePath(Path(source).name)
-        elif settings.output_layout == "flat":
-            relpath = PurePath(uid_relpath(dataset).name)
-        else:
-            relpath = uid_relpath(dataset)
-        return self.outputs.join(relpath)
+            return str(self.outputs.join(relpath))
+        if settings.output_layout == "mirror":
+            return self.outputs.join_parts((), os.path.basename(source))
+        study, series, name = uid_parts(dataset)
+        if settings.output_layout == "flat":
+            return self.outputs.join_parts((), name)
+        return self.outputs.join_parts((study, series), name)
 
 
 class _ValidationJob:

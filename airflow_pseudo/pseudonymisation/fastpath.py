@@ -100,9 +100,11 @@ _UID_KEYWORDS = {
 _NAMING_UIDS = frozenset(_UID_KEYWORDS)
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _MARKERS = frozenset({0x00120062, _DEIDENTIFICATION_METHOD, _DEIDENTIFICATION_CODES, 0x00280303})
+# Top-level values decoded before rewriting, and those only reported (as ELEMENT events, even
+# when kept): the naming UIDs, read while rewriting, and the flag of a prior de-identification.
 _CAPTURED = frozenset(
-    {_SPECIFIC_CHARACTER_SET, _PATIENT_ID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID,
-     _SOP_CLASS_UID, _SOP_INSTANCE_UID, _BURNED_IN_ANNOTATION, _DEIDENTIFICATION_METHOD}
+    {_SPECIFIC_CHARACTER_SET, _PATIENT_ID, _STUDY_INSTANCE_UID, _SOP_CLASS_UID,
+     _BURNED_IN_ANNOTATION, _DEIDENTIFICATION_METHOD}
 )  # fmt: skip
 
 
@@ -242,7 +244,8 @@ class _Plans:
 _PLAN_CODES = {Action.KEEP: KEEP, Action.REMOVE: REMOVE}
 # How _Rewriter._element handles an element (ordered: _COPY and _CHANGE write the element).
 _COPY, _CHANGE, _SEQUENCE, _REMOVE, _SKIP, _REFUSE_CHARACTER_SET, _REFUSE_UN_SEQUENCE = range(7)
-_REPORTED = _CAPTURED | {_DEIDENTIFICATION_CODES}
+_REPORTED = _CAPTURED | _NAMING_UIDS | {_DEIDENTIFICATION_CODES}
+_CAPTURED_OR_CODES = _CAPTURED | {_DEIDENTIFICATION_CODES}
 _MARKER_TAGS = tuple(sorted(_MARKERS))
 _PLANS: weakref.WeakKeyDictionary[Pseudonymiser, _Plans] = weakref.WeakKeyDictionary()
 _VALUE_CACHE_ENTRIES = 4096
@@ -308,7 +311,7 @@ class _Rewriter:
         """The top-level values needed before rewriting: patient, character set, flags."""
         captured: dict[int, object] = {}
         for event in events:
-            if event[0] != ELEMENT or event[1] not in _REPORTED:
+            if event[0] != ELEMENT or event[1] not in _CAPTURED_OR_CODES:
                 continue
             _, tag, vr, length, _, value, _ = event
             if tag == _DEIDENTIFICATION_CODES:

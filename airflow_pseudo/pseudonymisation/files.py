@@ -1,14 +1,16 @@
 """DICOM file I/O: recognising, reading, naming and writing atomically.
 
-Inputs are only ever opened for reading. Outputs are written to a temporary file in the target
-folder, flushed to disk and then linked into place, so a crash leaves either no file or a
-complete one, and an existing output is never silently replaced by different content.
+Inputs are only ever opened for reading. Outputs are written to a file in the target folder that
+has no name yet (or a temporary one), flushed to disk and then linked into place, so a crash
+leaves either no file or a complete one, and an existing output is never silently replaced by
+different content.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import filecmp
 import functools
 import itertools
@@ -144,12 +146,17 @@ def uid_relpath(dataset: Dataset | Mapping[str, Any]) -> PurePath:
 
     :param dataset: the dataset, or a mapping from the UIDs' keywords to their values.
     """
+    return PurePath(*uid_parts(dataset))
+
+
+def uid_parts(dataset: Dataset | Mapping[str, Any]) -> tuple[str, str, str]:
+    """The parts of :func:`uid_relpath`: study folder, series folder, file name."""
     sop = str(dataset.get("SOPInstanceUID", "") or "")
     if not sop:
         raise UnsupportedInputError("no SOPInstanceUID (Type 1): the output cannot be named")
     study = str(dataset.get("StudyInstanceUID", "") or "") or "no-study"
     series = str(dataset.get("SeriesInstanceUID", "") or "") or "no-series"
-    return PurePath(study, series, f"{sop}.dcm")
+    return study, series, f"{sop}.dcm"
 
 
 def safe_join(root: str | os.PathLike[str], relpath: PurePath | str) -> Path:
@@ -172,6 +179,7 @@ class OutputFolder:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self._folders: dict[PurePath, Path] = {}
+        self._plain: dict[tuple[str, ...], str] = {}
 
     def join(self, relpath: PurePath) -> Path:
         """The path of ``relpath`` below the root; see :func:`safe_join`."""
@@ -181,6 +189,25 @@ class OutputFolder:
         if folder is None:
             folder = self._folders[relpath.parent] = safe_join(self.root, relpath.parent)
         return folder / relpath.name
+
+    def join_parts(self, folders: tuple[str, ...], name: str) -> str:
+        """:meth:`join` for ``folders`` and ``name`` given apart; cheaper for plain names."""
+        if not all(map(_is_plain_name, (*folders, name))):  # separators, "..": the full check
+            return str(self.join(PurePath(*folders, name)))
+        folder = self._plain.get(folders)
+        if folder is None:
+            folder = self._plain[folders] = str(self.join(PurePath(*folders, name)).parent)
+        return os.path.join(folder, name)
+
+
+def _is_plain_name(name: str) -> bool:
+    """A single path component that names an entry of its folder (not "", "." or "..")."""
+    return (
+        name not in ("", ".", "..")
+        and os.sep not in name
+        and (os.altsep is None or os.altsep not in name)
+        and "\0" not in name
+    )
 
 
 def check_not_inside(
@@ -206,12 +233,18 @@ def write_atomically(
         staged.discard()
 
 
-@dataclass(frozen=True)
+@dataclass
 class StagedFile:
-    """An output written under a temporary name beside its target, not yet visible."""
+    """An output written beside its target, not yet visible there.
 
-    temporary: Path
+    Where the system allows (Linux, a file system with ``O_TMPFILE``), the file has no name at
+    all until committed: a crash leaves nothing behind, and the folder is touched once per file.
+    Elsewhere it has a temporary name (see :func:`remove_stale_temporaries`).
+    """
+
     target: Path
+    temporary: Path | None = None  # the temporary name, for a named file
+    descriptor: int | None = None  # the open unnamed file, until committed or discarded
 
     def commit(self) -> None:
         """Link the file into place (atomic); an identical existing file counts as done.
@@ -219,20 +252,45 @@ class StagedFile:
         :raises FileExistsError: when ``target`` exists with different content.
         """
         try:
-            os.link(self.temporary, self.target)
+            if self.descriptor is not None:
+                _link_descriptor(self.descriptor, self.target)
+            else:
+                assert self.temporary is not None
+                try:
+                    os.link(self.temporary, self.target)
+                except FileExistsError:
+                    raise
+                except OSError:  # file systems without hard links: rename is still atomic
+                    os.replace(self.temporary, self.target)
         except FileExistsError:
-            if not filecmp.cmp(self.temporary, self.target, shallow=False):
+            if not self._same_content_as(self.target):
                 raise FileExistsError(
                     "an output with this name already exists with other content"
                 ) from None
-        except OSError:  # file systems without hard links: rename is still atomic
-            os.replace(self.temporary, self.target)
         self.discard()
 
     def discard(self) -> None:
-        """Remove the temporary name (the committed file, if any, stays)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temporary)
+        """Drop the unnamed file or the temporary name (a committed file stays)."""
+        if self.descriptor is not None:
+            os.close(self.descriptor)
+            self.descriptor = None
+        if self.temporary is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temporary)
+
+    def _same_content_as(self, path: Path) -> bool:
+        if self.descriptor is None:
+            assert self.temporary is not None
+            return filecmp.cmp(self.temporary, path, shallow=False)
+        with open(path, "rb") as existing:
+            if os.fstat(existing.fileno()).st_size != os.fstat(self.descriptor).st_size:
+                return False
+            offset = 0
+            while block := existing.read(_COMPARE_BLOCK):
+                if os.pread(self.descriptor, len(block), offset) != block:
+                    return False
+                offset += len(block)
+        return True
 
 
 def stage(
@@ -241,15 +299,20 @@ def stage(
     *,
     durable: bool,
 ) -> StagedFile:
-    """Write ``content`` to a temporary file beside ``target``; ``durable`` fsyncs it.
+    """Write ``content`` to a file beside ``target``, not yet visible; ``durable`` fsyncs it.
 
     Without ``durable``, call :func:`sync_filesystem` before committing, so that no name ever
     points at data a power cut could lose: one sync for many files costs far less than one
     fsync each.
     """
     target = Path(target)
-    fd, name = _create_temporary(os.path.dirname(target))
-    staged = StagedFile(Path(name), target)
+    folder = os.path.dirname(target)
+    descriptor = _create_unnamed(folder)
+    if descriptor is not None:
+        staged, fd, named = StagedFile(target, descriptor=descriptor), descriptor, False
+    else:
+        fd, name = _create_temporary(folder)
+        staged, named = StagedFile(target, temporary=Path(name)), True
     try:
         if isinstance(content, Dataset):
             with os.fdopen(os.dup(fd), "wb") as stream:
@@ -259,11 +322,37 @@ def stage(
         if durable:
             os.fsync(fd)
     except BaseException:
-        staged.discard()
+        staged.discard()  # an unnamed file's descriptor is closed here
         raise
     finally:
-        os.close(fd)
+        if named:
+            os.close(fd)
     return staged
+
+
+def _create_unnamed(folder: str) -> int | None:
+    """Open a new unnamed file in ``folder`` (made if missing); None where there are none."""
+    if _LINKAT is None:
+        return None
+    for _ in range(2):
+        try:
+            return os.open(folder, _CREATE_UNNAMED, 0o600)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            if exc.errno in _NO_UNNAMED_FILES:
+                return None
+            raise
+    return None
+
+
+def _link_descriptor(descriptor: int, target: Path) -> None:
+    """Give the unnamed file open at ``descriptor`` the name ``target``; never replaces one."""
+    assert _LINKAT is not None
+    source = f"/proc/self/fd/{descriptor}".encode()
+    if _LINKAT(_AT_FDCWD, source, _AT_FDCWD, os.fsencode(target), _AT_SYMLINK_FOLLOW) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error), str(target))
 
 
 def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
@@ -315,7 +404,26 @@ def _find_syncfs() -> Callable[[int], int] | None:
     return cast("Callable[[int], int]", function)
 
 
+def _find_linkat() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    """``linkat`` where unnamed files can be named through ``/proc/self/fd`` (Linux)."""
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).linkat
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return cast("Callable[[int, bytes, int, bytes, int], int]", function)
+
+
 _SYNCFS = _find_syncfs() if sys.platform.startswith("linux") else None
+_LINKAT = _find_linkat() if sys.platform.startswith("linux") else None
+_CREATE_UNNAMED = os.O_RDWR | getattr(os, "O_TMPFILE", 0)
+_NO_UNNAMED_FILES = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP})
+_AT_FDCWD = -100
+_AT_SYMLINK_FOLLOW = 0x400
+_COMPARE_BLOCK = 1 << 16
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _JOIN_LIMIT = 1 << 20
 

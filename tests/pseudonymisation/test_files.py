@@ -74,6 +74,17 @@ class TestIterFiles:
         assert listed == [".hidden", "a", "a-b/x", "b/1", "b/2", "c/d/e", "z"]
 
 
+@pytest.fixture(params=["unnamed", "named"])
+def staging(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways an output is staged: unnamed (Linux's O_TMPFILE), or under a temporary name."""
+    if request.param == "named":
+        monkeypatch.setattr(files, "_LINKAT", None)
+    elif files._LINKAT is None:
+        pytest.skip("no unnamed files on this system")
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("staging")
 class TestWrite:
     def test_atomic_write_leaves_no_temp_files(self, tmp_path: Path):
         """A successful write leaves exactly the target, readable, and no temporary file."""
@@ -115,33 +126,24 @@ class TestWrite:
         write_atomically(ds, target)
         assert [p.name for p in tmp_path.iterdir()] == ["x.dcm"]
 
-    def test_a_staged_file_is_invisible_until_committed(self, tmp_path: Path):
-        """Staging writes under a temporary name only; commit makes the target appear whole."""
+    def test_a_staged_file_is_invisible_until_committed(self, tmp_path: Path, staging: str):
+        """Staging writes no visible name (or only a temporary one); commit makes the target."""
         target = tmp_path / "out" / "x.dcm"
         staged = stage([b"\x00" * 128, b"DICM", b"rest"], target, durable=False)
         assert not target.exists()
-        assert staged.temporary.parent == target.parent
-        assert staged.temporary.name.startswith(".tmp-")
+        if staging == "named":
+            assert staged.temporary is not None
+            assert staged.temporary.parent == target.parent
+            assert staged.temporary.name.startswith(".tmp-")
+        else:
+            assert staged.temporary is None and staged.descriptor is not None
+            assert list(target.parent.iterdir()) == []
         sync_filesystem(target.parent)
         staged.commit()
         assert target.read_bytes() == b"\x00" * 128 + b"DICMrest"
         assert [p.name for p in target.parent.iterdir()] == ["x.dcm"]
-
-    def test_a_temporary_name_already_taken_is_skipped_never_followed(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ):
-        """A leftover, or a link planted at the next temporary name, is neither opened nor hurt."""
-        monkeypatch.setattr(files, "_serial", itertools.count(5))
-        prefix = files._temporary_prefix()
-        victim = tmp_path / "victim"
-        victim.write_bytes(b"keep")
-        (tmp_path / f"{prefix}5.dcm").symlink_to(victim)
-        (tmp_path / f"{prefix}6.dcm").write_bytes(b"leftover")
-        staged = stage([b"data"], tmp_path / "x.dcm", durable=False)
-        assert staged.temporary.name == f"{prefix}7.dcm"
-        assert victim.read_bytes() == b"keep"
-        assert (tmp_path / f"{prefix}6.dcm").read_bytes() == b"leftover"
-        assert staged.temporary.stat().st_mode & 0o077 == 0  # readable by its owner only
+        assert target.stat().st_mode & 0o077 == 0  # readable by its owner only
+        assert staged.descriptor is None  # closed
 
     def test_a_discarded_staged_file_leaves_nothing(self, tmp_path: Path):
         staged = stage([b"data"], tmp_path / "x.dcm", durable=True)
@@ -164,6 +166,25 @@ class TestWrite:
     def test_sync_filesystem_refuses_a_missing_folder(self, tmp_path: Path):
         with pytest.raises(FileNotFoundError):
             sync_filesystem(tmp_path / "missing")
+
+
+def test_a_temporary_name_already_taken_is_skipped_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A leftover, or a link planted at the next temporary name, is neither opened nor hurt."""
+    monkeypatch.setattr(files, "_LINKAT", None)  # named temporaries, as without O_TMPFILE
+    monkeypatch.setattr(files, "_serial", itertools.count(5))
+    prefix = files._temporary_prefix()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / f"{prefix}5.dcm").symlink_to(victim)
+    (tmp_path / f"{prefix}6.dcm").write_bytes(b"leftover")
+    staged = stage([b"data"], tmp_path / "x.dcm", durable=False)
+    assert staged.temporary is not None
+    assert staged.temporary.name == f"{prefix}7.dcm"
+    assert victim.read_bytes() == b"keep"
+    assert (tmp_path / f"{prefix}6.dcm").read_bytes() == b"leftover"
+    assert staged.temporary.stat().st_mode & 0o077 == 0  # readable by its owner only
 
 
 class TestNames:

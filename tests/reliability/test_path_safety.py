@@ -90,6 +90,22 @@ def test_safe_join_never_escapes(tmp_path: Path, name: str):
         outputs.join(PurePath(name))  # ...and never lets a later name out
 
 
+@pytest.mark.parametrize(
+    ("folders", "name"),
+    [(("..",), "x.dcm"), (("a", "..", ".."), "x.dcm"), (("a/../..",), "x.dcm"), ((), "../x.dcm"),
+     (("a",), ".."), (("/etc",), "x.dcm")],
+)  # fmt: skip
+def test_output_names_given_in_parts_never_escape(
+    tmp_path: Path, folders: tuple[str, ...], name: str
+):
+    """UIDs kept by a profile name outputs as they are: a hostile one cannot lead out."""
+    outputs = OutputFolder(tmp_path / "out")
+    plain = outputs.join_parts(("study", "series"), "x.dcm")  # remembered, as for a series
+    assert plain == str(outputs.join(PurePath("study", "series", "x.dcm")))
+    with pytest.raises(UnsupportedInputError, match="escape"):
+        outputs.join_parts(folders, name)
+
+
 def test_a_remembered_input_folder_does_not_hide_a_link_then_dotdot(tmp_path: Path):
     """``in/link/../x`` is ``elsewhere/x`` when ``link`` leads to ``elsewhere/deep``."""
     root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
