@@ -85,6 +85,10 @@ def _adapt(strategy: Callable[..., Any]) -> Strategy:
     return lambda value, context: strategy(value)
 
 
+UID_CACHE_ENTRIES = 65_536
+"""UID pseudonyms remembered (a series repeats its study and series UIDs): about 15 MB at most."""
+
+
 class Pseudonymiser:
     """Pseudonymises datasets with one source, one profile and one VR dispatch.
 
@@ -198,6 +202,8 @@ class Pseudonymiser:
             return uid
         mapped = self._uid_map.get(uid)
         if mapped is None:
+            if len(self._uid_map) >= UID_CACHE_ENTRIES:  # a worker may see millions of UIDs
+                self._uid_map.clear()
             mapped = self._uid_map[uid] = context.source.uid(uid)
         return mapped
 

@@ -288,17 +288,7 @@ class _Rewriter:
         self.value_context = (self.implicit, context.patient, *self.encodings)
         body: list[bytes | memoryview] = []
         markers = self._markers(captured.get(_DEIDENTIFICATION_METHOD))
-        pending = 0
-        for event in events:
-            first_tag = event[3] if event[0] == COPY else event[1]
-            while pending < len(markers) and markers[pending][0] < first_tag:
-                body.append(markers[pending][1])
-                pending += 1
-            if event[0] == COPY:
-                body.append(self.buffer[event[1] : event[2]])
-            else:
-                self._element(event, body, context, top_level=True)
-        body.extend(chunk for _, chunk in markers[pending:])
+        self._emit(events, body, context, True, markers)
         uids = self._naming_uids(captured)
         chunks: list[bytes | memoryview] = [
             _PREAMBLE,
@@ -338,6 +328,57 @@ class _Rewriter:
 
     # -- rewriting ------------------------------------------------------------------------
 
+    def _emit(
+        self,
+        events: list[Event],
+        out: list[bytes | memoryview],
+        context: PseudonymContext,
+        top_level: bool,
+        markers: list[tuple[int, bytes]] | None = None,
+    ) -> None:
+        """Write one level's events; at the top level, this tool's markers in tag order.
+
+        The common cases (a run of kept elements, a changed value seen before) are handled
+        here without a call: this loop runs for every element of every file.
+        """
+        buffer, append, counts = self.buffer, out.append, self.counts
+        handling_table, values, value_context = (
+            self.plans.handling,
+            self.plans.values,
+            self.value_context,
+        )
+        markers = markers or []
+        pending = 0
+        for event in events:
+            if event[0] == COPY:
+                while pending < len(markers) and markers[pending][0] < event[3]:
+                    append(markers[pending][1])
+                    pending += 1
+                append(buffer[event[1] : event[2]])
+                continue
+            tag, vr, length, value = event[1], event[2], event[3], event[5]
+            while pending < len(markers) and markers[pending][0] < tag:
+                append(markers[pending][1])
+                pending += 1
+            handling = handling_table.get((tag, vr, top_level))
+            if (
+                handling is not None
+                and handling[0] == _CHANGE
+                and 0 < length <= _VALUE_CACHE_MAX_BYTES
+            ):
+                cached = values.get((tag, vr, bytes(buffer[value : value + length]), value_context))
+                if cached is not None:
+                    chunk, text, (replaced, remapped, emptied) = cached
+                    append(chunk)
+                    counts.replaced += replaced
+                    counts.remapped_uids += remapped
+                    counts.emptied += emptied
+                    if top_level and tag in _NAMING_UIDS:
+                        self.new_uids[tag] = text
+                    continue
+            self._element(event, out, context, top_level=top_level)
+        out.extend(chunk for _, chunk in markers[pending:])
+
     def _element(
         self,
         event: Event,
@@ -355,7 +396,7 @@ class _Rewriter:
         elif handling <= _CHANGE:  # _COPY, or a change of an empty value
             out.append(self.buffer[header:end])
         elif handling == _SEQUENCE:
-            self._sequence(tag, length, value, action, out, context)
+            self._sequence(tag, header, length, value, action, out, context)
             return
         elif handling == _REMOVE:
             self.counts.removed += 1
@@ -469,12 +510,18 @@ class _Rewriter:
     def _sequence(
         self,
         tag: int,
+        header: int,
         length: int,
         value: int,
         action: Action,
         out: list[bytes | memoryview],
         context: PseudonymContext,
     ) -> None:
+        """Rewrite a sequence item by item; what nothing changes in is copied as it is.
+
+        Code sequences, contour data and the like are often untouched: an item whose elements
+        are all kept keeps its bytes, and a sequence whose items all are keeps its own.
+        """
         buffer, implicit, plans = self.buffer, self.implicit, self.plans
         group_element = _TAG.pack(tag >> 16, tag & 0xFFFF)
         explicit_header = b"" if implicit else b"SQ\x00\x00"
@@ -482,10 +529,13 @@ class _Rewriter:
             self.counts.emptied += 1
             out.append(group_element + explicit_header + _UINT32.pack(0))
             return
+        first_chunk = len(out)
         out.append(group_element + explicit_header + _UINT32.pack(UNDEFINED_LENGTH))
         end = None if length == UNDEFINED_LENGTH else value + length
         position = value
+        unchanged = end is not None
         while end is None or position < end:
+            item_start = position
             item, _, item_length, item_value = read_header(buffer, position, True)
             if item == SEQUENCE_DELIMITER and end is None:
                 break
@@ -502,18 +552,22 @@ class _Rewriter:
             )
             if item_end >= 0 and position != item_end:
                 raise FastPathUnsupported("item length disagrees with its elements")
-            self.counts.removed += removed
-            out.append(_ITEM_UNDEFINED)
-            for event in events:
-                if event[0] == COPY:
-                    out.append(buffer[event[1] : event[2]])
-                else:
-                    self._element(event, out, context, top_level=False)
-            out.append(_ITEM_DELIMITER_BYTES)
+            if item_end >= 0 and not removed and _covers(events, item_value, item_end):
+                out.append(buffer[item_start:item_end])
+            else:
+                unchanged = False
+                self.counts.removed += removed
+                out.append(_ITEM_UNDEFINED)
+                self._emit(events, out, context, False)
+                out.append(_ITEM_DELIMITER_BYTES)
             self.depth -= 1
         if end is not None and position != end:
             raise FastPathUnsupported("sequence length disagrees with its items")
-        out.append(_SEQUENCE_DELIMITER_BYTES)
+        if unchanged:
+            del out[first_chunk:]
+            out.append(buffer[header:position])
+        else:
+            out.append(_SEQUENCE_DELIMITER_BYTES)
 
     # -- decoding and encoding ------------------------------------------------------------
 
@@ -537,10 +591,16 @@ class _Rewriter:
 
         Returns None when the result is not plain ASCII, for pydicom to encode.
         """
-        raw = RawDataElement(
-            BaseTag(tag), vr, length, bytes(self.buffer[value : value + length]), value, False, True
-        )
-        decoded = convert_value(vr, raw, self.encodings)
+        data = bytes(self.buffer[value : value + length])
+        decoded: Any = None
+        if vr == "UI" and strategy == self.pseudonymiser.remap_uid and data.isascii():
+            # As pydicom's converter does, without building UID objects that remap_uid would
+            # turn back into text: strip trailing padding, split the values, strip each.
+            decoded = [uid.strip() for uid in data.decode("ascii").rstrip("\0 ").split("\\")]
+            decoded = decoded if len(decoded) > 1 else decoded[0]
+        else:
+            raw = RawDataElement(BaseTag(tag), vr, length, data, value, False, True)
+            decoded = convert_value(vr, raw, self.encodings)
         if isinstance(decoded, MultiValue | list):
             if not decoded:
                 return None
@@ -596,6 +656,14 @@ class _Rewriter:
         uids = {"SOPClassUID": str(captured[_SOP_CLASS_UID])}
         uids.update((_UID_KEYWORDS[tag], uid) for tag, uid in self.new_uids.items())
         return uids
+
+
+def _covers(events: list[Event], start: int, end: int) -> bool:
+    """Whether ``events`` are one run of kept elements spanning ``start`` to ``end`` (or none)."""
+    if not events:
+        return start == end
+    event = events[0]
+    return len(events) == 1 and event[0] == COPY and event[1] == start and event[2] == end
 
 
 def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:

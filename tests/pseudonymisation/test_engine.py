@@ -22,6 +22,7 @@ from airflow_pseudo.pseudonymisation import (
     Pseudonymiser,
     PseudonymKey,
     default_profile,
+    engine,
     keyword_profile,
     pymedphys_profile,
 )
@@ -240,6 +241,16 @@ class TestUIDs:
         out = run(Pseudonymiser(KeyedSource(key, uid_root=root), default_profile()), ct)
         assert str(out.SOPInstanceUID).startswith(root + ".")
         assert len(out.SOPInstanceUID) <= 64
+
+    def test_remembered_uids_stay_bounded_and_mappings_stable(
+        self, pseudonymiser: Pseudonymiser, monkeypatch: pytest.MonkeyPatch
+    ):
+        """A worker sees millions of UIDs: memory stays bounded and a pseudonym never changes."""
+        monkeypatch.setattr(engine, "UID_CACHE_ENTRIES", 10)
+        context = pseudonymiser.context_for("PATIENT", None)
+        first = [pseudonymiser.remap_uid(f"1.2.3.{i}", context) for i in range(25)]
+        assert len(pseudonymiser._uid_map) <= 10
+        assert [pseudonymiser.remap_uid(f"1.2.3.{i}", context) for i in range(25)] == first
 
     def test_registered_uids_never_remapped(self, pseudonymiser: Pseudonymiser):
         """SOP classes, transfer syntaxes and coding scheme UIDs are kept at every depth."""
