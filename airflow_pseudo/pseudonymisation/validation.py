@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom import config as pydicom_config
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.valuerep import validate_value
 
 from airflow_pseudo.pseudonymisation.engine import TOOL_NAME, is_registered_uid
-from airflow_pseudo.pseudonymisation.files import read_dataset
 from airflow_pseudo.pseudonymisation.profiles import Action, Profile
 from airflow_pseudo.pseudonymisation.sources import MAX_UID_LENGTH, UID_PATTERN
 from airflow_pseudo.pseudonymisation.strategies import keep_value
@@ -59,6 +60,15 @@ _UNSEARCHED_VRS = frozenset(
         "AS",
     }
 )
+# Explicit VRs whose raw elements are left undecoded: pydicom keeps their VR when decoding.
+_UNDECODED_VRS = _UNSEARCHED_VRS - {
+    "UN",
+    "OB or OW",
+    "US or SS",
+    "US or OW",
+    "US or SS or OW",
+    "AS",
+}
 # What this tool writes itself: its standard wording is not a residue of the input.
 _MARKERS = frozenset(
     {
@@ -75,12 +85,21 @@ _CHANGED = frozenset({Action.REPLACE, Action.REMAP_UID, Action.EMPTY})
 def validate_file(
     original: str | os.PathLike[str], output: str | os.PathLike[str], *, settings: Settings
 ) -> list[str]:
-    """Return the problems of ``output`` as a pseudonymisation of ``original`` (empty: valid)."""
+    """Return the problems of ``output`` as a pseudonymisation of ``original`` (empty: valid).
+
+    Both files are read by pydicom, which decodes a value only when it is first used: the
+    checks never use numbers and binary values they do not need, and decoding every value of a
+    file costs several times more than the checks themselves.
+    """
     try:
         pseudonymised = pydicom.dcmread(output)
     except Exception as exc:
         return [f"output unreadable ({type(exc).__name__})"]
-    return validate_dataset(read_dataset(original), pseudonymised, settings.pseudonymiser)
+    try:
+        source = pydicom.dcmread(original, force=True)
+    except Exception as exc:
+        return [f"original unreadable ({type(exc).__name__})"]
+    return validate_dataset(source, pseudonymised, settings.pseudonymiser)
 
 
 def validate_dataset(original: Dataset, output: Dataset, pseudonymiser: Pseudonymiser) -> list[str]:
@@ -99,7 +118,7 @@ def validate_dataset(original: Dataset, output: Dataset, pseudonymiser: Pseudony
         if element.tag.is_private:
             problems.append(f"private attribute {element.tag} left in the output")
         elif _changes(pseudonymiser, element) and element.VR != "SQ":
-            for value in _values(element.value):
+            for value in _values(_decoded(element).value):
                 try:
                     validate_value(element.VR, value, pydicom_config.RAISE)
                 except (ValueError, TypeError):
@@ -167,18 +186,32 @@ def _searchable(value: Any, vr: str) -> Iterator[str]:
 
 
 def _elements(dataset: Dataset, skip: frozenset[str] = frozenset()) -> Iterator[Any]:
+    """Every element at every depth, file meta first, except those named in ``skip``.
+
+    Elements read from a file with an explicit number or binary VR are yielded undecoded (as
+    pydicom's raw elements: same ``tag`` and ``VR``, the value still bytes): text is never
+    searched for there, and :func:`_decoded` decodes one when its value is checked. Everything
+    else is decoded, UN included, which pydicom may turn into the dictionary's text VR.
+    """
     meta = getattr(dataset, "file_meta", None)
     if meta is not None:
         yield from (e for e in meta if e.keyword not in skip)
     stack = [dataset]
     while stack:
         current = stack.pop()
-        for element in current:
-            if element.keyword in skip:
+        for stored in current.elements():
+            element: Any = stored
+            if not isinstance(stored, RawDataElement) or stored.VR not in _UNDECODED_VRS:
+                element = current[stored.tag]
+            if skip and keyword_for_tag(element.tag) in skip:
                 continue
             yield element
             if element.VR == "SQ":
                 stack.extend(element.value)
+
+
+def _decoded(element: Any) -> Any:
+    return convert_raw_data_element(element) if isinstance(element, RawDataElement) else element
 
 
 def _texts(dataset: Dataset, skip: frozenset[str] = frozenset()) -> Iterator[str]:

@@ -130,3 +130,42 @@ def test_validate_file(tmp_path: Path, settings: Settings, ct: Dataset):
     assert validate_file(original, output, settings=settings) == [
         "output unreadable (InvalidDicomError)"
     ]
+
+
+def _fully_decoded(path: Path) -> Dataset:
+    dataset = pydicom.dcmread(path, force=True)
+    for _ in dataset.iterall():  # every value decoded up front, as before the lazy reading
+        pass
+    return dataset
+
+
+def _planted(original: Dataset, output: Dataset) -> None:
+    """Residues where the lazy reading must still look: nested, in a UN element, in a kept
+    text; an invalid changed value; a private attribute with a number."""
+    output.BeamSequence[0].BeamDescription = f"for {original.PatientID}"
+    output.add_new(0x00081030, "UN", str(original.PatientName).encode())  # StudyDescription
+    output.PatientName = "A" * 65 + "^B"
+    output.add_new(0x00091010, "LO", "PRIVATE CREATOR")
+    output.add_new(0x00091011, "SL", 7)
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+@pytest.mark.parametrize("planted", [False, True], ids=["clean", "planted"])
+def test_file_reading_finds_what_a_full_decode_finds(
+    tmp_path: Path, settings: Settings, pseudonymiser: Pseudonymiser, implicit: bool, planted: bool
+):
+    """Numbers and binary values are left undecoded when read from a file: same verdict."""
+    original = make_instance("rtplan", patient=2)
+    original.BeamSequence[0].OperatorsName = "Nested^Operator"
+    output = pseudonymiser.pseudonymise_dataset(original)[0]
+    if planted:
+        _planted(original, output)
+    paths = tmp_path / "original.dcm", tmp_path / "output.dcm"
+    for dataset, path in zip((original, output), paths, strict=True):
+        syntax = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
+        dataset.file_meta.TransferSyntaxUID = syntax
+        pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+    lazily = validate_file(*paths, settings=settings)
+    fully = validate_dataset(*(_fully_decoded(p) for p in paths), settings.pseudonymiser)
+    assert lazily == fully
+    assert bool(lazily) == planted
