@@ -253,15 +253,21 @@ class StagedFile:
         """
         try:
             if self.descriptor is not None:
-                _link_descriptor(self.descriptor, self.target)
-            else:
-                assert self.temporary is not None
                 try:
-                    os.link(self.temporary, self.target)
+                    _link_descriptor(self.descriptor, self.target)
+                    self.discard()
+                    return
                 except FileExistsError:
                     raise
-                except OSError:  # file systems without hard links: rename is still atomic
-                    os.replace(self.temporary, self.target)
+                except OSError:  # /proc hidden, say: give the file a temporary name instead
+                    self._name_unnamed()
+            assert self.temporary is not None
+            try:
+                os.link(self.temporary, self.target)
+            except FileExistsError:
+                raise
+            except OSError:  # file systems without hard links: rename is still atomic
+                os.replace(self.temporary, self.target)
         except FileExistsError:
             if not self._same_content_as(self.target):
                 raise FileExistsError(
@@ -277,6 +283,24 @@ class StagedFile:
         if self.temporary is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.temporary)
+
+    def _name_unnamed(self) -> None:
+        """Copy the unnamed file to a durable temporary name; stage named files from now on."""
+        global _UNNAMED_LINKS_WORK
+        _UNNAMED_LINKS_WORK = False
+        assert self.descriptor is not None
+        fd, name = _create_temporary(os.path.dirname(self.target))
+        self.temporary = Path(name)
+        try:
+            offset = 0
+            while block := os.pread(self.descriptor, _COMPARE_BLOCK, offset):
+                _write_all(fd, [block])
+                offset += len(block)
+            os.fsync(fd)  # the unnamed file may have been synced already: so must this be
+        finally:
+            os.close(fd)
+        os.close(self.descriptor)
+        self.descriptor = None
 
     def _same_content_as(self, path: Path) -> bool:
         if self.descriptor is None:
@@ -332,7 +356,7 @@ def stage(
 
 def _create_unnamed(folder: str) -> int | None:
     """Open a new unnamed file in ``folder`` (made if missing); None where there are none."""
-    if _LINKAT is None:
+    if _LINKAT is None or not _UNNAMED_LINKS_WORK:
         return None
     for _ in range(2):
         try:
@@ -421,6 +445,7 @@ _SYNCFS = _find_syncfs() if sys.platform.startswith("linux") else None
 _LINKAT = _find_linkat() if sys.platform.startswith("linux") else None
 _CREATE_UNNAMED = os.O_RDWR | getattr(os, "O_TMPFILE", 0)
 _NO_UNNAMED_FILES = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP})
+_UNNAMED_LINKS_WORK = True  # until linking one fails: then named temporaries, as elsewhere
 _AT_FDCWD = -100
 _AT_SYMLINK_FOLLOW = 0x400
 _COMPARE_BLOCK = 1 << 16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 from pathlib import Path, PurePath
 from unittest import mock
@@ -166,6 +167,30 @@ class TestWrite:
     def test_sync_filesystem_refuses_a_missing_folder(self, tmp_path: Path):
         with pytest.raises(FileNotFoundError):
             sync_filesystem(tmp_path / "missing")
+
+
+def test_an_unnamed_file_that_cannot_be_linked_is_named_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Where linking through /proc fails (a hidden /proc, say), no output is lost."""
+    if files._LINKAT is None:
+        pytest.skip("no unnamed files on this system")
+    monkeypatch.setattr(files, "_UNNAMED_LINKS_WORK", True)
+
+    def refuse(descriptor: int, target: Path) -> None:
+        raise OSError(errno.ENOENT, "no /proc here")
+
+    monkeypatch.setattr(files, "_link_descriptor", refuse)
+    data = [b"\x00" * 128, b"DICM", b"x" * 200_000]
+    staged = stage(data, tmp_path / "x.dcm", durable=False)
+    assert staged.descriptor is not None
+    staged.commit()
+    assert (tmp_path / "x.dcm").read_bytes() == b"".join(data)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.dcm"]
+    later = stage([b"later"], tmp_path / "y.dcm", durable=False)  # named from now on
+    assert later.descriptor is None and later.temporary is not None
+    later.commit()
+    assert (tmp_path / "y.dcm").read_bytes() == b"later"
 
 
 def test_a_temporary_name_already_taken_is_skipped_never_followed(
