@@ -35,6 +35,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from benchmarks import settle
 from benchmarks.corpus import Corpus, build_ct
 from benchmarks.measure import BENCH_KEY
 from benchmarks.report import Machine
@@ -100,6 +101,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workdir", type=Path, help="build corpora, outputs and AIRFLOW_HOME here and keep them"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=settle.DEFAULT_SECONDS,
+        help="seconds from a sync to the first timed step (%(default)s): see settle.py",
     )
     # Internal: the DAG measurement's own subprocess.
     parser.add_argument("--run-dag", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
@@ -670,12 +677,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         _log(f"building {args.files} CT files in {workdir} ...")
+        settled_since = settle.start()
         t0 = time.perf_counter()
         corpus = build_ct(workdir / "cli" / "incoming", args.files)
         dag_data = workdir / "dag"
         shutil.copytree(workdir / "cli" / "incoming", dag_data / "incoming")
         build_s = time.perf_counter() - t0
         key_file = _write_key(workdir / "bench.key")
+        settle.wait(settled_since, args.settle)
 
         _log(f"CLI: pseudonymise + validate, {args.workers} worker(s) ...")
         cli = run_cli(workdir / "cli" / "incoming", workdir / "cli", key_file, args.workers)
@@ -696,6 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+            settle.start()  # spare whatever runs next
     print(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from benchmarks import settle
 from benchmarks.corpus import Corpus, build_ct, build_mixed
 from benchmarks.measure import TOOLS, Measurement, Spec, write_pymedphys_home
 from benchmarks.report import Machine, markdown, tool_label
@@ -82,8 +83,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--settle",
         type=float,
-        help="seconds to wait, after a sync, before the first run (60; 0 with --quick): files "
-        "deleted shortly before (a test run, say) slow file creation on ext4 without a journal",
+        help="seconds from a sync to the first run (60; 0 with --quick): files deleted shortly "
+        "before (a test run, say) slow file creation on ext4 without a journal (settle.py)",
     )
     args = parser.parse_args(argv)
     if args.files is None:
@@ -93,7 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.budget is None:
         args.budget = 3.0 if args.quick else 20.0
     if args.settle is None:
-        args.settle = 0.0 if args.quick else 60.0
+        args.settle = 0.0 if args.quick else settle.DEFAULT_SECONDS
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = sorted(set(tools) - set(TOOLS))
     if unknown or not tools:
@@ -211,16 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         _log(f"building corpora in {workdir} ...")
-        os.sync()  # earlier deletions written back: they slow file creation for a minute only
+        settled_since = settle.start()
         t0 = time.perf_counter()
         corpora: list[Corpus] = [
             build_ct(workdir / "corpus-ct", args.files),
             build_mixed(workdir / "corpus-mixed", args.mixed_files),
         ]
         build_s = time.perf_counter() - t0
-        if args.settle > build_s:  # the clock started at the sync before building
-            _log(f"settling for {args.settle - build_s:.0f} s more (see --settle) ...")
-            time.sleep(args.settle - build_s)
+        settle.wait(settled_since, args.settle)
         pymedphys_home = write_pymedphys_home(workdir / "pymedphys-home")
         dcmanon_python = dcmanon_interpreter(args.dcmanon_python)
 
@@ -240,10 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.perf_counter() - run_started,
         )
     finally:
-        shutil.rmtree(workdir / "outputs", ignore_errors=True)  # kept until now: see measure.py
-        # Deletions slow ext4's inode allocator for a minute once written back, five while not:
-        # spare whatever runs next.
-        os.sync()
+        shutil.rmtree(workdir / "outputs", ignore_errors=True)  # kept until now: see settle.py
+        settle.start()  # spare whatever runs next
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(report)

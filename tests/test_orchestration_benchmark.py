@@ -46,6 +46,7 @@ def test_orchestration_benchmark_reports_both_times(tmp_path: Path) -> None:
             "benchmarks.orchestration",
             f"--files={FILES}",
             f"--batch-size={BATCH_SIZE}",
+            "--settle=0",
             "--workers=1",
             f"--output={output}",
             f"--workdir={tmp_path / 'work'}",
