@@ -78,6 +78,7 @@ _READ_WHOLE_LIMIT = 1 << 20  # bytes: files up to this size are read, larger one
 MAX_SEQUENCE_DEPTH = 64
 
 _LONG_LENGTH_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
+_LONG_LENGTH_VR_CODES = frozenset(vr.encode("ascii") for vr in _LONG_LENGTH_VRS)
 _UINT16 = struct.Struct("<H")
 _UINT32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
@@ -163,40 +164,52 @@ def pseudonymise_buffer(buffer: memoryview, pseudonymiser: Pseudonymiser) -> Fas
     """
     if bytes(buffer[128:132]) != b"DICM":
         raise FastPathUnsupported("no DICM prefix")
-    meta_end, transfer_syntax = _read_file_meta(buffer)
-    if transfer_syntax == ImplicitVRLittleEndian:
-        implicit = True
-    elif transfer_syntax == ExplicitVRLittleEndian or (
-        transfer_syntax.is_encapsulated and transfer_syntax.is_little_endian
-        and not transfer_syntax.is_deflated
-    ):  # fmt: skip
-        implicit = False
-    else:
+    meta_end, transfer_syntax_bytes = _read_file_meta(buffer)
+    transfer_syntax, implicit = _transfer_syntax(transfer_syntax_bytes)
+    if implicit is None:
         raise FastPathUnsupported("transfer syntax not supported by the fast path")
     return _Rewriter(buffer, implicit, pseudonymiser).run(meta_end, transfer_syntax)
 
 
-def _read_file_meta(buffer: memoryview) -> tuple[int, UID]:
+def _read_file_meta(buffer: memoryview) -> tuple[int, bytes]:
+    """Where the file meta group ends, and the transfer syntax UID's raw value."""
     position, transfer_syntax = PREAMBLE_AND_PREFIX, None
     while position + 8 <= len(buffer):
         group, element = _TAG.unpack_from(buffer, position)
         if group != 0x0002:
             break
-        vr = bytes(buffer[position + 4 : position + 6]).decode("ascii", "replace")
-        if vr in _LONG_LENGTH_VRS:
+        if bytes(buffer[position + 4 : position + 6]) in _LONG_LENGTH_VR_CODES:
             length, start = _UINT32.unpack_from(buffer, position + 8)[0], position + 12
         else:
             length, start = _UINT16.unpack_from(buffer, position + 6)[0], position + 8
         if length == UNDEFINED_LENGTH or start + length > len(buffer):
             raise FastPathUnsupported("malformed file meta")
         if element == 0x0010:
-            transfer_syntax = UID(
-                bytes(buffer[start : start + length]).decode("ascii").strip("\0 ")
-            )
+            transfer_syntax = bytes(buffer[start : start + length])
         position = start + length
     if transfer_syntax is None:
         raise FastPathUnsupported("no transfer syntax in file meta")
     return position, transfer_syntax
+
+
+@lru_cache(maxsize=64)
+def _transfer_syntax(raw: bytes) -> tuple[UID, bool | None]:
+    """The transfer syntax and whether it is implicit VR; None: not for the fast path.
+
+    Cached: every file names one, and pydicom validates a UID each time one is built.
+    """
+    try:
+        transfer_syntax = UID(raw.decode("ascii").strip("\0 "))
+    except UnicodeDecodeError:
+        raise FastPathUnsupported("malformed file meta") from None
+    if transfer_syntax == ImplicitVRLittleEndian:
+        return transfer_syntax, True
+    if transfer_syntax == ExplicitVRLittleEndian or (
+        transfer_syntax.is_encapsulated and transfer_syntax.is_little_endian
+        and not transfer_syntax.is_deflated
+    ):  # fmt: skip
+        return transfer_syntax, False
+    return transfer_syntax, None
 
 
 @lru_cache(maxsize=8192)

@@ -194,10 +194,31 @@ class OutputFolder:
         """:meth:`join` for ``folders`` and ``name`` given apart; cheaper for plain names."""
         if not all(map(_is_plain_name, (*folders, name))):  # separators, "..": the full check
             return str(self.join(PurePath(*folders, name)))
+        return os.path.join(self._plain_folder(folders), name)
+
+    def _plain_folder(self, folders: tuple[str, ...]) -> str:
+        """The checked folder of plain ``folders``: a new one costs one ``lstat`` below its parent.
+
+        A name in a checked folder leads elsewhere only if it is a link (or not a folder at
+        all); anything but a real folder or nothing takes :func:`safe_join`'s full check.
+        """
         folder = self._plain.get(folders)
-        if folder is None:
-            folder = self._plain[folders] = str(self.join(PurePath(*folders, name)).parent)
-        return os.path.join(folder, name)
+        if folder is not None:
+            return folder
+        if not folders:
+            folder = str(self.root)
+        else:
+            folder = os.path.join(self._plain_folder(folders[:-1]), folders[-1])
+            try:
+                plain = stat.S_ISDIR(os.lstat(folder).st_mode)
+            except FileNotFoundError:
+                plain = True  # made when the first output is written: nothing to follow
+            except OSError:
+                plain = False
+            if not plain:
+                folder = str(safe_join(self.root, PurePath(*folders)))
+        self._plain[folders] = folder
+        return folder
 
 
 def _is_plain_name(name: str) -> bool:

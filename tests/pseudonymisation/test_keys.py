@@ -120,6 +120,17 @@ class TestDerive:
         expected = hmac.new(key_bytes, b"text\x00value", hashlib.sha3_256).digest()
         assert PseudonymKey(key_bytes).derive(b"text", b"value") == expected
 
+    def test_digests_do_not_carry_over(self, key_bytes: bytes):
+        """Each digest starts from the key's state alone: earlier digests leave no trace."""
+        import hashlib
+        import hmac
+
+        key = PseudonymKey(key_bytes)
+        values = [b"1.2.3", b"", b"x" * 500, b"1.2.3"]
+        digests = [key.derive(b"uid", value) for value in values]
+        expected = [hmac.new(key_bytes, b"uid\x00" + v, hashlib.sha3_256).digest() for v in values]
+        assert digests == expected
+
     def test_other_key_other_digest(self, key_bytes: bytes):
         """Another key gives another digest for the same input."""
         assert PseudonymKey(key_bytes).derive(b"text", b"v") != PseudonymKey(

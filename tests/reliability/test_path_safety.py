@@ -106,6 +106,26 @@ def test_output_names_given_in_parts_never_escape(
         outputs.join_parts(folders, name)
 
 
+def test_plain_output_folders_resolve_as_safe_join_does(tmp_path: Path):
+    """The one-lstat shortcut for a new series folder agrees with the full check everywhere."""
+    root, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (root / "study" / "real").mkdir(parents=True)
+    (root / "study" / "target").mkdir()
+    elsewhere.mkdir()
+    (root / "study" / "inside-link").symlink_to(root / "study" / "target")
+    (root / "study" / "outside-link").symlink_to(elsewhere)
+    (root / "study" / "file").write_bytes(b"")
+    (root / "linked-study").symlink_to(root / "study")
+    outputs = OutputFolder(root)
+    for folders in [("study", "real"), ("study", "new"), ("new", "new"), ("study", "inside-link"),
+                    ("study", "file"), ("linked-study", "real"), ("study",), ()]:  # fmt: skip
+        expected = str(safe_join(root, PurePath(*folders)) / "x.dcm")
+        assert outputs.join_parts(folders, "x.dcm") == expected, folders
+    for folders in [("study", "outside-link"), ("linked-study", "outside-link")]:
+        with pytest.raises(UnsupportedInputError, match="escape"):
+            outputs.join_parts(folders, "x.dcm")
+
+
 def test_a_remembered_input_folder_does_not_hide_a_link_then_dotdot(tmp_path: Path):
     """``in/link/../x`` is ``elsewhere/x`` when ``link`` leads to ``elsewhere/deep``."""
     root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
