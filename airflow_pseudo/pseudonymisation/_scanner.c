@@ -1,10 +1,12 @@
 /*
- * The element scanner in C: scanner.scan_level, compiled.
+ * The element scanner in C: scanner.scan_level, compiled, with the fold of kept sequences
+ * (scanner.kept_sequence_end) it calls.
  *
  * airflow_pseudo/pseudonymisation/scanner.py is the specification. This module implements the
- * same function with the same events, returned position and count, plan side effects, and
- * exceptions (type and message, and which one wins when several apply: the checks run in the
- * reference's order). tests/pseudonymisation/test_scanner.py runs both over the same inputs.
+ * same function with the same events, returned position and count, plan side effects (of the
+ * nested plan too), and exceptions (type and message, and which one wins when several apply: the
+ * checks run in the reference's order). tests/pseudonymisation/test_scanner.py runs both over
+ * the same inputs.
  *
  * Differences, all outside what a caller of the fast path can meet:
  *
@@ -16,8 +18,9 @@
  * - Arguments outside the compiled domain are handed to the reference function itself, so the
  *   outcome is the reference's by construction: a position or end that is not an exact int or
  *   does not fit in 64 bits, a negative position, `implicit` other than bool, int or None,
- *   a `plan` that is not exactly a dict, a `buffer` without a simple buffer or whose len()
- *   is not its size in bytes (a memoryview of wider items, say).
+ *   a `plan` that is not exactly a dict, a `nested` other than None or a tuple of exactly a
+ *   dict, anything and an int that fits in 64 bits, a `buffer` without a simple buffer or whose
+ *   len() is not its size in bytes (a memoryview of wider items, say).
  * - A plan code that is not an int (nor bool): `code < 0` (for a code found in the plan) and
  *   `code & 3` are computed as the reference does, raising its TypeError for None, a str...;
  *   when they succeed (an IntFlag, say) the whole call is redone by the reference. Tags
@@ -40,6 +43,7 @@
 #define REMOVE 1
 #define DICTIONARY_SQ 4
 #define REPORT 8
+#define FOLD 16
 #define ITEM 0xFFFEE000u
 #define ITEM_DELIMITER 0xFFFEE00Du
 #define SEQUENCE_DELIMITER 0xFFFEE0DDu
@@ -70,7 +74,7 @@ typedef struct {
     PyObject *reference;   /* scanner.scan_level */
     PyObject *zero;        /* 0, for `code < 0` on codes that are not ints */
     PyObject *three;       /* 3, for `code & 3` on codes that are not ints */
-    PyObject *fifteen;     /* 15, for the low bits of ints beyond 64 bits */
+    PyObject *low_bits;    /* 31, for the low bits of ints beyond 64 bits */
     PyObject *vr_names[VR_TABLE_SIZE]; /* the reference's own str objects */
     unsigned char vr_flags[VR_TABLE_SIZE];
 } State;
@@ -226,7 +230,7 @@ is_negative(const State *state, PyObject *code)
     return PyObject_RichCompareBool(code, state->zero, Py_LT);
 }
 
-/* The low four bits of a plan code (all the scanner reads): 1 with them in *bits; 0 when the
+/* The low five bits of a plan code (all the scanner reads): 1 with them in *bits; 0 when the
  * code is not an int and `code & 3` worked (the reference must redo the call); -1 on error. */
 static int
 code_bits(const State *state, PyObject *code, long *bits)
@@ -238,10 +242,10 @@ code_bits(const State *state, PyObject *code, long *bits)
             return -1;
         }
         if (!overflow) {
-            *bits = (long)(value & 15); /* two's complement, as Python's & */
+            *bits = (long)(value & 31); /* two's complement, as Python's & */
             return 1;
         }
-        PyObject *masked = PyNumber_And(code, state->fifteen);
+        PyObject *masked = PyNumber_And(code, state->low_bits);
         if (masked == NULL) {
             return -1;
         }
@@ -362,6 +366,13 @@ append_element(PyObject *events, PyObject *tag_object, PyObject *vr, uint32_t le
     return append_steal(events, make_tuple(7, items));
 }
 
+/* The plan of sequence contents, for folding kept sequences into copy runs. */
+typedef struct {
+    PyObject *plan; /* NULL: no folding */
+    PyObject *classify;
+    long long depth; /* levels of items a folded sequence may span */
+} Nested;
+
 /* What one scan reads, besides positions. */
 typedef struct {
     Scan scan;
@@ -370,14 +381,14 @@ typedef struct {
     PyObject *classify;
     PyObject *breaks;
     Py_ssize_t breaks_left; /* len(breaks), read once at the start as the reference does */
+    Nested nested;
 } Level;
 
 /* plan.get(tag, -1), classified when negative: a new reference to the code, or NULL. */
 static PyObject *
-plan_code(const Level *level, PyObject *tag_object)
+plan_code(const State *state, PyObject *plan, PyObject *classify, PyObject *tag_object)
 {
-    const State *state = level->scan.state;
-    PyObject *code = PyDict_GetItemWithError(level->plan, tag_object);
+    PyObject *code = PyDict_GetItemWithError(plan, tag_object);
     if (code != NULL) {
         Py_INCREF(code); /* `code < 0` may run code that changes the plan */
         int missing = is_negative(state, code);
@@ -393,11 +404,135 @@ plan_code(const Level *level, PyObject *tag_object)
     else if (PyErr_Occurred()) {
         return NULL;
     }
-    code = PyObject_CallOneArg(level->classify, tag_object);
-    if (code != NULL && PyDict_SetItem(level->plan, tag_object, code) < 0) {
+    code = PyObject_CallOneArg(classify, tag_object);
+    if (code != NULL && PyDict_SetItem(plan, tag_object, code) < 0) {
         Py_CLEAR(code);
     }
     return code;
+}
+
+/* kept_sequence_end() and _kept_item_end() of the reference: what they return, as */
+#define FOLD_KEPT 1   /* an int: *end is set */
+#define FOLD_NOT 0    /* None */
+#define FOLD_ERROR -1 /* an exception (set) */
+#define FOLD_REDO -2  /* a plan code that is not an int: the reference redoes the call */
+
+/* After read_header() or end_of_value() failed: the reference's "not kept", for its own
+ * structure errors (which its caller meets again and raises). */
+static int
+not_kept(const State *state)
+{
+    if (PyErr_ExceptionMatches(state->unsupported) || PyErr_ExceptionMatches(state->truncated)) {
+        PyErr_Clear();
+        return FOLD_NOT;
+    }
+    return FOLD_ERROR;
+}
+
+static int kept_item_end(const Scan *scan, const Nested *nested, int64_t position, int64_t end,
+                         int implicit, int64_t *kept);
+
+static int
+kept_sequence_end(const Scan *scan, const Nested *nested, int64_t start, uint32_t length,
+                  int implicit, int64_t *kept)
+{
+    if (nested->depth < 1) {
+        return FOLD_NOT;
+    }
+    const Nested inner = {nested->plan, nested->classify, nested->depth - 1};
+    const int64_t end = length == UNDEFINED_LENGTH ? -1 : start + (int64_t)length;
+    int64_t position = start;
+    Header header;
+    while (end < 0 || position < end) {
+        if (read_header(scan, position, 1, &header) < 0) {
+            return not_kept(scan->state);
+        }
+        if (header.tag == SEQUENCE_DELIMITER && end < 0) {
+            *kept = header.value;
+            return FOLD_KEPT;
+        }
+        if (header.tag != ITEM) {
+            return FOLD_NOT;
+        }
+        int64_t item_end =
+            header.length == UNDEFINED_LENGTH ? -1 : header.value + (int64_t)header.length;
+        int result = kept_item_end(scan, &inner, header.value, item_end, implicit, &position);
+        if (result != FOLD_KEPT) {
+            return result;
+        }
+    }
+    if (position != end) {
+        return FOLD_NOT;
+    }
+    *kept = position;
+    return FOLD_KEPT;
+}
+
+static int
+kept_item_end(const Scan *scan, const Nested *nested, int64_t position, int64_t end,
+              int implicit, int64_t *kept)
+{
+    const State *state = scan->state;
+    long long previous = -1;
+    Header header;
+    while (end < 0 || position < end) {
+        if (read_header(scan, position, implicit, &header) < 0) {
+            return not_kept(state);
+        }
+        const uint32_t tag = header.tag;
+        if (tag == ITEM_DELIMITER && end < 0) {
+            *kept = header.value;
+            return FOLD_KEPT;
+        }
+        if ((long long)tag <= previous || tag >> 16 == 0xFFFE || tag & 0x10000) {
+            return FOLD_NOT;
+        }
+        previous = tag;
+        PyObject *tag_object = PyLong_FromUnsignedLong(tag);
+        if (tag_object == NULL) {
+            return FOLD_ERROR;
+        }
+        PyObject *code_object = plan_code(state, nested->plan, nested->classify, tag_object);
+        Py_DECREF(tag_object);
+        if (code_object == NULL) {
+            return FOLD_ERROR;
+        }
+        long code;
+        int converted = code_bits(state, code_object, &code);
+        Py_DECREF(code_object);
+        if (converted <= 0) {
+            return converted < 0 ? FOLD_ERROR : FOLD_REDO;
+        }
+        if (code & REPORT) {
+            return FOLD_NOT;
+        }
+        const long kind = code & 3;
+        const int un = is_un(scan, header.vr);
+        const int hidden = header.vr == NO_VR || un;
+        if ((header.vr != NO_VR && (state->vr_flags[header.vr] & VR_SQ)) ||
+            (hidden && (code & DICTIONARY_SQ))) {
+            if (un || !(code & FOLD) || kind & 1) {
+                return FOLD_NOT;
+            }
+            int result =
+                kept_sequence_end(scan, nested, header.value, header.length, implicit, &position);
+            if (result != FOLD_KEPT) {
+                return result;
+            }
+            continue;
+        }
+        if (kind != KEEP || (hidden && header.length == UNDEFINED_LENGTH)) {
+            return FOLD_NOT;
+        }
+        if (end_of_value(scan, header.value, header.length, implicit, 0, &position) < 0) {
+            return not_kept(state);
+        }
+    }
+    if (position != end) {
+        return FOLD_NOT;
+    }
+    *kept = position;
+    return FOLD_KEPT;
 }
 
 /* The loop of scan_level. Returns (events, position, removed); or NULL with an exception set;
@@ -445,7 +580,7 @@ scan_elements(const Level *level, int64_t position, int64_t end)
             if (tag_object == NULL) {
                 goto error;
             }
-            PyObject *code_object = plan_code(level, tag_object);
+            PyObject *code_object = plan_code(state, level->plan, level->classify, tag_object);
             if (code_object == NULL) {
                 goto error;
             }
@@ -472,7 +607,18 @@ scan_elements(const Level *level, int64_t position, int64_t end)
             fail(state->unsupported, UNDEFINED_OUTSIDE);
             goto error;
         }
-        if (kind == KEEP && !sequence && !(code & REPORT)) {
+        int64_t folded = -1;
+        if (sequence && level->nested.plan != NULL && (code & FOLD) && !(code & REPORT) && !un) {
+            int result = kept_sequence_end(scan, &level->nested, header.value, header.length,
+                                           implicit, &folded);
+            if (result == FOLD_ERROR || result == FOLD_REDO) {
+                goto error; /* with an exception, or without: the reference redoes the call */
+            }
+            if (result != FOLD_KEPT) {
+                folded = -1;
+            }
+        }
+        if (folded >= 0 || (kind == KEEP && !sequence && !(code & REPORT))) {
             while (next_break < level->breaks_left) {
                 int before = break_before(level->breaks, next_break, tag, tag_object);
                 if (before < 0) {
@@ -490,7 +636,11 @@ scan_elements(const Level *level, int64_t position, int64_t end)
                 run_start = position;
                 run_tag = tag;
             }
-            if (end_of_value(scan, header.value, header.length, implicit, 0, &position) < 0) {
+            if (folded >= 0) {
+                position = folded;
+            }
+            else if (end_of_value(scan, header.value, header.length, implicit, 0, &position) <
+                     0) {
                 goto error;
             }
             run_end = position;
@@ -543,13 +693,13 @@ static PyObject *
 scan_level(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {
-        "buffer", "position", "end", "implicit", "plan", "classify", "breaks", NULL,
+        "buffer", "position", "end", "implicit", "plan", "classify", "breaks", "nested", NULL,
     };
     PyObject *buffer, *position_object, *end_object, *implicit_object, *plan, *classify;
-    PyObject *breaks = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|O:scan_level", keywords, &buffer,
+    PyObject *breaks = NULL, *nested = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO|OO:scan_level", keywords, &buffer,
                                      &position_object, &end_object, &implicit_object, &plan,
-                                     &classify, &breaks)) {
+                                     &classify, &breaks, &nested)) {
         return NULL;
     }
     const State *state = PyModule_GetState(module);
@@ -562,6 +712,21 @@ scan_level(PyObject *module, PyObject *args, PyObject *kwargs)
         !(PyBool_Check(implicit_object) || PyLong_CheckExact(implicit_object) ||
           implicit_object == Py_None)) {
         return PyObject_Call(state->reference, args, kwargs);
+    }
+    Nested folding = {NULL, NULL, 0};
+    if (nested != Py_None) {
+        if (!PyTuple_CheckExact(nested) || PyTuple_GET_SIZE(nested) != 3 ||
+            !PyDict_CheckExact(PyTuple_GET_ITEM(nested, 0)) ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(nested, 2))) {
+            return PyObject_Call(state->reference, args, kwargs);
+        }
+        int overflow_depth;
+        folding.plan = PyTuple_GET_ITEM(nested, 0);
+        folding.classify = PyTuple_GET_ITEM(nested, 1);
+        folding.depth = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(nested, 2), &overflow_depth);
+        if (overflow_depth) {
+            return PyObject_Call(state->reference, args, kwargs);
+        }
     }
     int overflow_position, overflow_end;
     long long position = PyLong_AsLongLongAndOverflow(position_object, &overflow_position);
@@ -594,6 +759,7 @@ scan_level(PyObject *module, PyObject *args, PyObject *kwargs)
         .classify = classify,
         .breaks = breaks,
         .breaks_left = breaks_left,
+        .nested = folding,
     };
     PyObject *result = scan_elements(&level, (int64_t)position, (int64_t)end);
     PyBuffer_Release(&view);
@@ -605,7 +771,7 @@ scan_level(PyObject *module, PyObject *args, PyObject *kwargs)
 
 static PyMethodDef methods[] = {
     {"scan_level", (PyCFunction)(void (*)(void))scan_level, METH_VARARGS | METH_KEYWORDS,
-     "scan_level(buffer, position, end, implicit, plan, classify, breaks=())\n--\n\n"
+     "scan_level(buffer, position, end, implicit, plan, classify, breaks=(), nested=None)\n--\n\n"
      "Compiled airflow_pseudo.pseudonymisation.scanner.scan_level: same events, position,\n"
      "removed count, plan updates and exceptions."},
     {NULL, NULL, 0, NULL},
@@ -629,10 +795,10 @@ exec_module(PyObject *module)
     long_length = PyObject_GetAttrString(scanner, "_LONG_LENGTH_VRS");
     state->zero = PyLong_FromLong(0);
     state->three = PyLong_FromLong(3);
-    state->fifteen = PyLong_FromLong(15);
+    state->low_bits = PyLong_FromLong(31);
     if (state->unsupported == NULL || state->truncated == NULL || state->reference == NULL ||
         vr_by_code == NULL || long_length == NULL || state->zero == NULL || state->three == NULL ||
-        state->fifteen == NULL) {
+        state->low_bits == NULL) {
         goto done;
     }
     if (!PyExceptionClass_Check(state->unsupported) || !PyExceptionClass_Check(state->truncated) ||
@@ -690,7 +856,7 @@ traverse_module(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->reference);
     Py_VISIT(state->zero);
     Py_VISIT(state->three);
-    Py_VISIT(state->fifteen);
+    Py_VISIT(state->low_bits);
     for (int i = 0; i < VR_TABLE_SIZE; i++) {
         Py_VISIT(state->vr_names[i]);
     }
@@ -709,7 +875,7 @@ clear_module(PyObject *module)
     Py_CLEAR(state->reference);
     Py_CLEAR(state->zero);
     Py_CLEAR(state->three);
-    Py_CLEAR(state->fifteen);
+    Py_CLEAR(state->low_bits);
     for (int i = 0; i < VR_TABLE_SIZE; i++) {
         Py_CLEAR(state->vr_names[i]);
     }

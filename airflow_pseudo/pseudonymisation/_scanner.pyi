@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_pseudo.pseudonymisation.scanner import Classify, Event
+from airflow_pseudo.pseudonymisation.scanner import Classify, Event, Nested
 
 def scan_level(
     buffer: Any,
@@ -13,4 +13,5 @@ def scan_level(
     plan: dict[int, int],
     classify: Classify,
     breaks: Sequence[int] = (),
+    nested: Nested | None = None,
 ) -> tuple[list[Event], int, int]: ...

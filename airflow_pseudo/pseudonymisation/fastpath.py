@@ -50,6 +50,7 @@ from airflow_pseudo.pseudonymisation.scanner import (
     DICTIONARY_SQ,
     DROP,
     ELEMENT,
+    FOLD,
     ITEM,
     KEEP,
     REMOVE,
@@ -241,20 +242,30 @@ class _Plans:
         return action
 
     def classify_top_level(self, tag: int) -> int:
-        code = DROP if tag in _MARKERS else _PLAN_CODES.get(self.action(tag), CHANGE)
-        return code | (REPORT if tag in _REPORTED else 0) | self._sequence_flag(tag)
+        code = self._code(tag)
+        if tag in _MARKERS:
+            code = DROP | code & DICTIONARY_SQ
+        return code | (REPORT if tag in _REPORTED else 0)
 
     def classify_nested(self, tag: int) -> int:
         if tag == _SPECIFIC_CHARACTER_SET:
             return CHANGE  # refused in :meth:`_Rewriter._element`
-        return _PLAN_CODES.get(self.action(tag), CHANGE) | self._sequence_flag(tag)
+        return self._code(tag)
 
-    @staticmethod
-    def _sequence_flag(tag: int) -> int:
-        return DICTIONARY_SQ if _dictionary_vr(tag) == "SQ" else 0
+    def _code(self, tag: int) -> int:
+        action = self.action(tag)
+        code = _PLAN_CODES.get(action, CHANGE)
+        if _dictionary_vr(tag) == "SQ":
+            code |= DICTIONARY_SQ
+        if action not in _EMPTIED_OR_REMOVED:
+            code |= FOLD
+        return code
 
 
 _PLAN_CODES = {Action.KEEP: KEEP, Action.REMOVE: REMOVE}
+# A sequence under any other action keeps its items (rewriting what changes in them), so one in
+# which nothing changes may be copied whole.
+_EMPTIED_OR_REMOVED = frozenset({Action.REMOVE, Action.EMPTY})
 # How _Rewriter._element handles an element (ordered: _COPY and _CHANGE write the element).
 _COPY, _CHANGE, _SEQUENCE, _REMOVE, _SKIP, _REFUSE_CHARACTER_SET, _REFUSE_UN_SEQUENCE = range(7)
 _REPORTED = _CAPTURED | _NAMING_UIDS | {_DEIDENTIFICATION_CODES}
@@ -288,6 +299,7 @@ class _Rewriter:
         events, _, removed = scan_level(
             self.buffer, start, len(self.buffer), self.implicit,
             plans.top_level, plans.classify_top_level, _MARKER_TAGS,
+            (plans.nested, plans.classify_nested, MAX_SEQUENCE_DEPTH),
         )  # fmt: skip
         self.counts.removed += removed
         captured = self._captured(events)
@@ -561,8 +573,9 @@ class _Rewriter:
                 )
             item_end = -1 if item_length == UNDEFINED_LENGTH else item_value + item_length
             events, position, removed = scan_level(
-                buffer, item_value, item_end, implicit, plans.nested, plans.classify_nested
-            )
+                buffer, item_value, item_end, implicit, plans.nested, plans.classify_nested, (),
+                (plans.nested, plans.classify_nested, MAX_SEQUENCE_DEPTH - self.depth),
+            )  # fmt: skip
             if item_end >= 0 and position != item_end:
                 raise FastPathUnsupported("item length disagrees with its elements")
             if item_end >= 0 and not removed and _covers(events, item_value, item_end):

@@ -9,6 +9,11 @@ sequences, and values the caller asked to see). Removed elements are only counte
 What to do with each tag comes from a *plan*: a dict from tag to a code, filled on demand by the
 caller's ``classify`` callable, so the profile is consulted once per tag, not once per element.
 
+Given the plan of sequence contents (``nested``), the scanner also looks inside each sequence
+whose code has :data:`FOLD`: when every element in it, to any depth, is kept, the whole sequence
+joins the copy run around it instead of becoming an event (code sequences, contours and
+references are often left as they are).
+
 This module is the reference implementation. ``_scanner.c`` implements the same function in C
 (tests run both over the same inputs and require identical events and errors); the fast path
 uses the compiled one when it was built.
@@ -37,6 +42,8 @@ DICTIONARY_SQ = 4
 """The data dictionary says SQ: an implicit-VR or UN element with this tag is a sequence."""
 REPORT = 8
 """Hand the element to the caller even when kept or removed (a value the caller needs)."""
+FOLD = 16
+"""A sequence with this tag whose contents are all kept is copied as it is (see ``nested``)."""
 
 # Event kinds: (COPY, start, end, first_tag) and (ELEMENT, tag, vr, length, header, value, end).
 COPY = 0
@@ -48,6 +55,8 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 Event = tuple[Any, ...]
 """``(COPY, start, end, first_tag)`` or ``(ELEMENT, tag, vr, length, header, value, end)``."""
 Classify = Callable[[int], int]
+Nested = tuple[dict[int, int], Classify, int]
+"""The plan and classify of sequence contents, and how many levels of items to look into."""
 
 _LONG_LENGTH_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
 _VR_BY_CODE = {vr.value.encode("ascii"): vr.value for vr in VR if " or " not in vr.value}
@@ -116,11 +125,15 @@ def scan_level(
     plan: dict[int, int],
     classify: Classify,
     breaks: Sequence[int] = (),
+    nested: Nested | None = None,
 ) -> tuple[list[Event], int, int]:
     """Scan the elements from ``position`` to ``end`` (``-1``: up to and past an item delimiter).
 
     :param plan: tag -> plan code; a tag missing from it is classified and added.
     :param breaks: ascending tags a copy run must not span: the caller inserts elements there.
+    :param nested: ``(plan, classify, depth)`` for what sequences hold, ``depth`` the levels of
+        items a kept sequence may span: a :data:`FOLD` sequence within them, all of whose
+        contents are kept, is copied with the elements around it.
     :returns: the events in order, the position after the level, and the number of elements
         removed (private elements, wherever they are, count as removed).
     :raises FastPathUnsupported: for structure the caller's reference engine must handle.
@@ -159,7 +172,10 @@ def scan_level(
         sequence = vr == "SQ" or (hidden and code & DICTIONARY_SQ)
         if not sequence and hidden and length == UNDEFINED_LENGTH:
             raise FastPathUnsupported("undefined length outside a sequence")
-        if kind == KEEP and not sequence and not code & REPORT:
+        folded = None
+        if sequence and nested is not None and code & FOLD and not code & REPORT and vr != "UN":
+            folded = kept_sequence_end(buffer, value, length, implicit, nested)
+        if folded is not None or (kind == KEEP and not sequence and not code & REPORT):
             while next_break < breaks_left and breaks[next_break] < tag:
                 next_break += 1
                 if run_start >= 0:
@@ -167,7 +183,9 @@ def scan_level(
                     run_start = -1
             if run_start < 0:
                 run_start, run_tag = position, tag
-            position = run_end = end_of_value(buffer, value, length, implicit)
+            if folded is None:
+                folded = end_of_value(buffer, value, length, implicit)
+            position = run_end = folded
             continue
         if run_start >= 0:
             events.append((COPY, run_start, run_end, run_tag))
@@ -181,3 +199,78 @@ def scan_level(
     if run_start >= 0:
         events.append((COPY, run_start, run_end, run_tag))
     return events, position, removed
+
+
+def kept_sequence_end(
+    buffer: Any, start: int, length: int, implicit: bool, nested: Nested
+) -> int | None:
+    """Where a sequence ends if everything in it is kept, to ``nested``'s depth; else None.
+
+    Structure the scanner would refuse is not kept: the caller's own walk then meets it and
+    raises. Errors of ``classify`` (or of odd codes) propagate.
+    """
+    plan, classify, depth = nested
+    if depth < 1:
+        return None
+    inner = (plan, classify, depth - 1)
+    end = None if length == UNDEFINED_LENGTH else start + length
+    position: int | None = start
+    while position is not None and (end is None or position < end):
+        header = _header_or_none(buffer, position, True)
+        if header is None:
+            return None
+        tag, _, item_length, item_value = header
+        if tag == SEQUENCE_DELIMITER and end is None:
+            return item_value
+        if tag != ITEM:
+            return None
+        item_end = -1 if item_length == UNDEFINED_LENGTH else item_value + item_length
+        position = _kept_item_end(buffer, item_value, item_end, implicit, inner)
+    return position if position == end else None
+
+
+def _kept_item_end(
+    buffer: Any, position: int, end: int, implicit: bool, nested: Nested
+) -> int | None:
+    """Where an item ends (``end``, or ``-1``: after its delimiter) if all in it is kept."""
+    plan, classify, _ = nested
+    previous = -1
+    kept: int | None = position
+    while kept is not None and (end < 0 or kept < end):
+        header = _header_or_none(buffer, kept, implicit)
+        if header is None:
+            return None
+        tag, vr, length, value = header
+        if tag == ITEM_DELIMITER and end < 0:
+            return value
+        if tag <= previous or tag >> 16 == 0xFFFE or tag & 0x10000:
+            return None
+        previous = tag
+        code = plan.get(tag, -1)
+        if code < 0:
+            code = plan[tag] = classify(tag)
+        if code & REPORT:
+            return None
+        kind = code & 3
+        hidden = vr is None or vr == "UN"
+        if vr == "SQ" or (hidden and code & DICTIONARY_SQ):
+            if vr == "UN" or not code & FOLD or kind & 1:
+                return None
+            kept = kept_sequence_end(buffer, value, length, implicit, nested)
+        elif kind != KEEP or (hidden and length == UNDEFINED_LENGTH):
+            return None
+        else:
+            try:
+                kept = end_of_value(buffer, value, length, implicit)
+            except TruncatedFileError:
+                return None
+    return kept if kept == end else None
+
+
+def _header_or_none(
+    buffer: Any, position: int, implicit: bool
+) -> tuple[int, str | None, int, int] | None:
+    try:
+        return read_header(buffer, position, implicit)
+    except (FastPathUnsupported, TruncatedFileError):
+        return None
