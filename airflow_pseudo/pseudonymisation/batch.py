@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
+from airflow_pseudo.pseudonymisation.durability import BackgroundSync
 from airflow_pseudo.pseudonymisation.errors import PseudonymisationError
 from airflow_pseudo.pseudonymisation.fastpath import file_view, pseudonymise_buffer
 from airflow_pseudo.pseudonymisation.files import (
@@ -33,13 +34,12 @@ from airflow_pseudo.pseudonymisation.files import (
     remove_stale_temporaries,
     sniff_dicom,
     stage,
-    sync_filesystem,
     uid_parts,
 )
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.settings import Settings
 from airflow_pseudo.pseudonymisation.validation import validate_file
-from airflow_pseudo.pseudonymisation.workers import Job, run_in_processes
+from airflow_pseudo.pseudonymisation.workers import Job, run_in_processes, run_overlapped
 
 log = logging.getLogger(__name__)
 
@@ -148,22 +148,23 @@ class _FileJob:
         self.outputs = OutputFolder(output_dir)
 
     def run(self, sources: Sequence[str], settings: Settings) -> list[FileResult]:
-        """Pseudonymise a chunk of files: write them all, make them durable, then name them.
+        """Pseudonymise a chunk of files; see :meth:`begin`."""
+        return self.begin(sources, settings).finish()
 
-        With ``durability="batch"`` one file-system sync covers the whole chunk, and only then
-        is each output linked into place, so no output name ever points at unsynced data.
+    def begin(self, sources: Sequence[str], settings: Settings) -> _StagedChunk:
+        """Write a chunk's outputs, unnamed; with ``durability="batch"``, start syncing them.
+
+        The caller may begin the next chunk before finishing this one: that chunk is written
+        while the disk makes this one durable.
         """
         staged: list[tuple[FileResult, StagedFile | None]] = []
         try:
             for source in sources:
                 staged.append(self._stage(source, settings))
-            if settings.durability == "batch" and any(file for _, file in staged):
-                sync_filesystem(self.output_dir)
-            return [self._commit(result, file) for result, file in staged]
-        finally:
-            for _, file in staged:
-                if file is not None:
-                    file.discard()
+        except BaseException:
+            _StagedChunk(self, staged).abandon()
+            raise
+        return _StagedChunk(self, staged, sync=settings.durability == "batch")
 
     def _stage(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile | None]:
         try:
@@ -177,7 +178,8 @@ class _FileJob:
             outside = isinstance(exc, InputOutsideRootError)
             return self._failed(source, exc, follow_symlinks=not outside), None
 
-    def _commit(self, result: FileResult, file: StagedFile | None) -> FileResult:
+    def commit(self, result: FileResult, file: StagedFile | None) -> FileResult:
+        """Name a durable output; a failure to do so is the file's failure."""
         if file is None:
             return result
         try:
@@ -235,6 +237,41 @@ class _FileJob:
         if settings.output_layout == "flat":
             return self.outputs.join_parts((), name)
         return self.outputs.join_parts((study, series), name)
+
+
+class _StagedChunk:
+    """A chunk's outputs, written but not yet named, and the sync that makes them durable."""
+
+    def __init__(
+        self,
+        job: _FileJob,
+        staged: list[tuple[FileResult, StagedFile | None]],
+        *,
+        sync: bool = False,
+    ) -> None:
+        self._job = job
+        self._staged = staged
+        written = sync and any(file for _, file in staged)
+        self._sync = BackgroundSync(job.output_dir) if written else None
+
+    def finish(self) -> list[FileResult]:
+        """Name each output once the sync is done, so no name ever points at unsynced data."""
+        try:
+            if self._sync is not None:
+                self._sync.wait()
+            return [self._job.commit(result, file) for result, file in self._staged]
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Drop what was not named (the sync, if any, runs to its end: it cannot be stopped)."""
+        if self._sync is not None:
+            with contextlib.suppress(OSError):
+                self._sync.wait()
+            self._sync = None
+        for _, file in self._staged:
+            if file is not None:
+                file.discard()
 
 
 class _ValidationJob:
@@ -341,11 +378,8 @@ def _run(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if workers == 1 or len(items) < 2:
-        results: Iterator[_R] = (
-            result
-            for start in range(0, len(items), CHUNK_SIZE)
-            for result in job.run(items[start : start + CHUNK_SIZE], settings)
-        )
+        chunks = (items[start : start + CHUNK_SIZE] for start in range(0, len(items), CHUNK_SIZE))
+        results: Iterator[_R] = run_overlapped(job, chunks, settings)
     else:
         chunksize = max(1, min(CHUNK_SIZE, len(items) // (workers * 4)))
         results = run_in_processes(job, items, settings, workers, chunksize)

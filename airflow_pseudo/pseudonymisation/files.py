@@ -346,7 +346,7 @@ def stage(
 ) -> StagedFile:
     """Write ``content`` to a file beside ``target``, not yet visible; ``durable`` fsyncs it.
 
-    Without ``durable``, call :func:`sync_filesystem` before committing, so that no name ever
+    Without ``durable``, sync it before committing (:mod:`.durability`), so that no name ever
     points at data a power cut could lose: one sync for many files costs far less than one
     fsync each.
     """
@@ -422,33 +422,6 @@ def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
             views[index] = views[index][written:]
 
 
-def sync_filesystem(folder: str | os.PathLike[str]) -> None:
-    """Flush every write to the file system holding ``folder`` to stable storage.
-
-    ``syncfs`` where the C library has it (Linux), limited to that file system; ``sync``
-    elsewhere.
-    """
-    if _SYNCFS is None:
-        os.sync()
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        if _SYNCFS(fd) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, os.strerror(error))
-    finally:
-        os.close(fd)
-
-
-def _find_syncfs() -> Callable[[int], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (AttributeError, OSError):
-        return None
-    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-    return cast("Callable[[int], int]", function)
-
-
 def _find_linkat() -> Callable[[int, bytes, int, bytes, int], int] | None:
     """``linkat`` where unnamed files can be named through ``/proc/self/fd`` (Linux)."""
     if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
@@ -462,7 +435,6 @@ def _find_linkat() -> Callable[[int, bytes, int, bytes, int], int] | None:
     return cast("Callable[[int, bytes, int, bytes, int], int]", function)
 
 
-_SYNCFS = _find_syncfs() if sys.platform.startswith("linux") else None
 _LINKAT = _find_linkat() if sys.platform.startswith("linux") else None
 _CREATE_UNNAMED = os.O_RDWR | getattr(os, "O_TMPFILE", 0)
 _NO_UNNAMED_FILES = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP})

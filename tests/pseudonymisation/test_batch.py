@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -225,26 +226,40 @@ class TestWorkers:
         for ours, theirs in zip(results, expected, strict=True):
             assert Path(str(ours.output)).read_bytes() == Path(str(theirs.output)).read_bytes()
 
-    def test_batch_durability_syncs_once_per_chunk(
+    def test_batch_durability_names_only_synced_outputs(
         self, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
     ):
-        """One file-system sync per chunk of files, each before that chunk's names appear."""
-        from airflow_pseudo.pseudonymisation import batch
+        """Every output is linked only after a sync that started once it was fully written."""
+        from airflow_pseudo.pseudonymisation import batch, durability, files
         from airflow_pseudo.testing import write_ct_copies
 
-        files = write_ct_copies(tmp_path / "in", batch.CHUNK_SIZE * 2 + 3)
-        output = tmp_path / "out"
-        visible_at_sync: list[int] = []
+        sources = write_ct_copies(tmp_path / "in", batch.CHUNK_SIZE * 2 + 3)
+        written: list[files.StagedFile] = []
+        covered = [0]  # outputs written before the latest completed sync started
+        committed: list[bool] = []
+        real_stage, real_sync, real_commit = batch.stage, durability.sync_filesystem, None
 
-        def counting_sync(folder: Path) -> None:
-            visible_at_sync.append(sum(1 for p in output.rglob("*.dcm") if p.name[0] != "."))
+        def recording_stage(*args: Any, **kwargs: Any) -> files.StagedFile:
+            staged = real_stage(*args, **kwargs)
+            written.append(staged)
+            return staged
+
+        def recording_sync(folder: Path) -> None:
+            before = len(written)
             real_sync(folder)
+            covered[0] = max(covered[0], before)
 
-        real_sync = batch.sync_filesystem
-        monkeypatch.setattr(batch, "sync_filesystem", counting_sync)
-        results = batch.pseudonymise_files(files, output, settings=settings)
-        assert [r.status for r in results] == ["ok"] * len(files)
-        assert visible_at_sync == [0, batch.CHUNK_SIZE, batch.CHUNK_SIZE * 2]
+        def checked_commit(staged: files.StagedFile) -> None:
+            committed.append(any(w is staged for w in written[: covered[0]]))
+            real_commit(staged)
+
+        real_commit = files.StagedFile.commit
+        monkeypatch.setattr(batch, "stage", recording_stage)
+        monkeypatch.setattr(durability, "sync_filesystem", recording_sync)
+        monkeypatch.setattr(files.StagedFile, "commit", checked_commit)
+        results = batch.pseudonymise_files(sources, tmp_path / "out", settings=settings)
+        assert [r.status for r in results] == ["ok"] * len(sources)
+        assert committed == [True] * len(sources)
 
     def test_unknown_durability_is_a_configuration_error(self, corpus: Path, settings: Settings):
         with pytest.raises(ConfigurationError, match="durability"):

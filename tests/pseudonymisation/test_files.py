@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from airflow_pseudo.pseudonymisation import files
+from airflow_pseudo.pseudonymisation.durability import sync_filesystem
 from airflow_pseudo.pseudonymisation.errors import ConfigurationError, UnsupportedInputError
 from airflow_pseudo.pseudonymisation.files import (
     check_not_inside,
@@ -19,7 +20,6 @@ from airflow_pseudo.pseudonymisation.files import (
     safe_join,
     sniff_dicom,
     stage,
-    sync_filesystem,
     uid_relpath,
     write_atomically,
 )
@@ -163,10 +163,6 @@ class TestWrite:
         staged = stage(chunks, target, durable=True)
         staged.commit()
         assert target.read_bytes() == b"".join(bytes(chunk) for chunk in chunks)
-
-    def test_sync_filesystem_refuses_a_missing_folder(self, tmp_path: Path):
-        with pytest.raises(FileNotFoundError):
-            sync_filesystem(tmp_path / "missing")
 
 
 def test_an_unnamed_file_that_cannot_be_linked_is_named_instead(

@@ -129,3 +129,83 @@ def test_chunks_cover_every_item_once_and_shrink_towards_the_end(
     assert len(bounds) >= min(workers_, count)  # every worker gets something
     if count >= 8 * chunksize:
         assert sizes[0] == chunksize and sizes[-1] < chunksize
+
+
+class OverlappingSquares:
+    """Squares numbers, each chunk begun then finished; 13 kills the worker as it begins."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.open = 0  # chunks begun and not yet finished, in this process
+
+    def run(self, items: list[int], settings: Any) -> list[tuple[int, int, int]]:
+        return self.begin(items, settings).finish()
+
+    def begin(self, items: list[int], settings: Any) -> _Squares:
+        if 13 in items:
+            os._exit(3)
+        self.open += 1
+        self.log.append(f"begin {items[0]}")
+        return _Squares(self, items)
+
+    def crashed(self, item: int) -> tuple[int, int, int]:
+        return item, -1, -1
+
+
+class _Squares:
+    def __init__(self, job: OverlappingSquares, items: list[int]) -> None:
+        self.job, self.items = job, items
+
+    def finish(self) -> list[tuple[int, int, int]]:
+        overlapping = self.job.open  # 2: the next chunk was begun before this one finished
+        self.job.open -= 1
+        self.job.log.append(f"finish {self.items[0]}")
+        return [(item, item * item, overlapping) for item in self.items]
+
+    def abandon(self) -> None:
+        self.job.open -= 1
+        self.job.log.append(f"abandon {self.items[0]}")
+
+
+def test_in_process_chunks_overlap_in_order():
+    job = OverlappingSquares()
+    chunks = [[0, 1], [2, 3], [4]]
+    results = list(workers.run_overlapped(job, chunks, None))
+    assert [r[1] for r in results] == [0, 1, 4, 9, 16]
+    assert job.log == ["begin 0", "begin 2", "finish 0", "begin 4", "finish 2", "finish 4"]
+
+
+def test_an_in_process_run_left_early_abandons_what_it_began():
+    job = OverlappingSquares()
+    run = workers.run_overlapped(job, [[0, 1], [2, 3], [4]], None)
+    assert next(run)[1] == 0
+    run.close()
+    assert job.log == ["begin 0", "begin 2", "finish 0", "abandon 2"]
+    assert job.open == 0
+
+
+@START_METHODS
+def test_workers_begin_a_chunk_sent_ahead_before_finishing_the_last(start_method: StartMethod):
+    """Results stay in order while each worker holds two chunks; a crash still costs one item."""
+    items = list(range(60))
+    results = list(run_in_processes(OverlappingSquares(), items, None, 2, 4, start_method))
+    assert [r[1] for r in results] == [-1 if i == 13 else i * i for i in items]
+    assert max(r[2] for r in results) == 2  # some chunk was finished after the next one began
+
+
+def test_frames_sent_ahead_fit_a_quarter_of_the_pipe():
+    read, write = os.pipe()
+    try:
+        size = workers._ahead_limit(write)
+        if hasattr(workers.fcntl, "F_GETPIPE_SZ"):
+            assert size == workers.fcntl.fcntl(write, workers.fcntl.F_GETPIPE_SZ) // 4 > 0
+        else:
+            assert size == 0
+    finally:
+        os.close(read)
+        os.close(write)
+    small, large = b"x" * 100, b"x" * 100_000
+    assert workers._may_send_ahead((0, [1, 2]), (2, [3, 4]), small, 16384)
+    assert not workers._may_send_ahead((0, [1, 2]), (2, [3, 4]), large, 16384)
+    assert not workers._may_send_ahead((0, [1]), (1, [2, 3]), small, 16384)  # a retried item
+    assert not workers._may_send_ahead((0, [1, 2]), (2, [3]), small, 16384)
