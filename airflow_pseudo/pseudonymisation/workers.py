@@ -48,6 +48,7 @@ except ImportError:  # Windows
 
 _FRAME = struct.Struct("<Q")
 _READY = "ready"  # a worker's first message: it has the job, so a later death is an item's doing
+_CHUNKS_PER_WORKER = 3  # sent and not yet answered: the one begun, the one finished, the next
 MAX_FAILED_STARTS = 3
 """Workers that may die before they start (a broken environment) before the batch gives up."""
 _T = TypeVar("_T")
@@ -266,17 +267,31 @@ def _ahead_limit(fd: int) -> int:
 def _reap(pid: int, timeout: float) -> None:
     """Wait for a forked child to exit; kill it if it has not after ``timeout`` seconds.
 
-    Polled from a fraction of a millisecond upwards: a worker whose pipe has closed exits at
-    once, and a batch should not end tens of milliseconds after its last result.
+    Woken as it exits (through a pidfd, on Linux), or else polled from a fraction of a
+    millisecond upwards: a worker whose pipe has closed exits at once, and a batch should not
+    end later than it must after its last result.
     """
-    deadline = time.monotonic() + timeout
-    pause = 0.0002
-    while time.monotonic() < deadline:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, or before 5.3
+        pidfd = -1
+    if pidfd >= 0:
+        try:
+            exited = bool(select.select([pidfd], [], [], timeout)[0])
+        finally:
+            os.close(pidfd)
+        if exited:
+            os.waitpid(pid, 0)
             return
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+    else:
+        deadline = time.monotonic() + timeout
+        pause = 0.0002
+        while time.monotonic() < deadline:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
@@ -328,15 +343,27 @@ def run_in_processes(
         feed(worker)
 
     def feed(worker: _Worker) -> None:
-        """Keep a worker busy: one chunk, and a second to begin as it finishes the first."""
-        while chunks and len(worker.chunks) < 2:
+        """Keep up to two chunks waiting behind the one a worker is on.
+
+        The worker begins the next chunk before finishing its current one, and replies as it
+        finishes: the chunk after must already be waiting then, or the worker would finish
+        its last chunk alone, waiting for its sync.
+        """
+        if worker.requests.closed:  # told earlier that no work was left
+            return
+        while chunks and len(worker.chunks) < _CHUNKS_PER_WORKER:
             frame = _frame(chunks[0])
             if worker.chunks and not _may_send_ahead(
                 worker.chunks[0], chunks[0], frame, worker.ahead_limit
             ):
                 return
             worker.chunks.append(chunks.popleft())
-            _send_frame(worker.requests, frame)
+            try:
+                _send_frame(worker.requests, frame)
+            except BrokenPipeError:  # it died: its replies' end says so, and its chunks go back
+                return
+        if not chunks:  # nothing more for anyone: it exits as soon as it is done
+            worker.close()
 
     def retire(worker: _Worker) -> None:
         selector.unregister(worker.replies)
@@ -404,11 +431,12 @@ def run_in_processes(
 def _may_send_ahead(
     waiting: tuple[int, Sequence[Any]], ahead: tuple[int, Sequence[Any]], frame: bytes, limit: int
 ) -> bool:
-    """Whether to send ``ahead`` to a worker still on ``waiting``.
+    """Whether to send ``ahead`` to a worker still on ``waiting`` (and maybe one more).
 
     Not a single item (retried alone, so that a crash names the item that caused it), and
-    only a frame that fits in the pipe beside another (``limit``): the parent, writing it, must
-    never wait for a worker that may itself be waiting for the parent to read its answer.
+    only a frame that fits in the pipe beside the one other that may still be unread there
+    (``limit``): the parent, writing it, must never wait for a worker that may itself be waiting
+    for the parent to read its answer.
     """
     return len(waiting[1]) > 1 and len(ahead[1]) > 1 and len(frame) <= limit
 

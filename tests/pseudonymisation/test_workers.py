@@ -209,3 +209,30 @@ def test_frames_sent_ahead_fit_a_quarter_of_the_pipe():
     assert not workers._may_send_ahead((0, [1, 2]), (2, [3, 4]), large, 16384)
     assert not workers._may_send_ahead((0, [1]), (1, [2, 3]), small, 16384)  # a retried item
     assert not workers._may_send_ahead((0, [1, 2]), (2, [3]), small, 16384)
+
+
+@START_METHODS
+@pytest.mark.parametrize("job", [SquareOrDie(), OverlappingSquares()], ids=["run", "begin"])
+def test_a_crash_in_the_last_chunks_is_retried_by_a_fresh_worker(
+    start_method: StartMethod, job: Any
+):
+    """Workers are told early that no work is left; a crash then still gets a fresh worker."""
+    items = list(range(14))  # 13, the killer, is in the last chunk
+    results = list(run_in_processes(job, items, None, 2, 4, start_method))
+    assert [r[1] for r in results] == [-1 if i == 13 else i * i for i in items]
+
+
+def test_a_worker_that_does_not_exit_is_killed():
+    import signal
+    import time
+
+    pid = os.fork()
+    if pid == 0:  # a worker stuck after its work
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(60)
+        os._exit(0)
+    started = time.monotonic()
+    workers._reap(pid, timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no such child any more
