@@ -33,7 +33,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 from pydicom.values import convert_value
 
 from airflow_pseudo.pseudonymisation.engine import (
@@ -627,7 +627,8 @@ class _Rewriter:
         else:
             raw = RawDataElement(BaseTag(tag), vr, length, data, value, False, True)
             decoded = convert_value(vr, raw, self.encodings)
-        if isinstance(decoded, MultiValue | list):
+        # One value in most elements: checked first, as MultiValue's ABC check is slow.
+        if not isinstance(decoded, str | PersonName) and isinstance(decoded, MultiValue | list):
             if not decoded:
                 return None
             text = "\\".join(str(strategy(v, context)) for v in decoded)

@@ -263,7 +263,7 @@ class StagedFile:
     Elsewhere it has a temporary name (see :func:`remove_stale_temporaries`).
     """
 
-    target: Path
+    target: str
     temporary: Path | None = None  # the temporary name, for a named file
     descriptor: int | None = None  # the open unnamed file, until committed or discarded
 
@@ -323,7 +323,7 @@ class StagedFile:
         os.close(self.descriptor)
         self.descriptor = None
 
-    def _same_content_as(self, path: Path) -> bool:
+    def _same_content_as(self, path: str) -> bool:
         if self.descriptor is None:
             assert self.temporary is not None
             return filecmp.cmp(self.temporary, path, shallow=False)
@@ -350,7 +350,7 @@ def stage(
     points at data a power cut could lose: one sync for many files costs far less than one
     fsync each.
     """
-    target = Path(target)
+    target = os.fspath(target)
     folder = os.path.dirname(target)
     descriptor = _create_unnamed(folder)
     if descriptor is not None:
@@ -391,13 +391,13 @@ def _create_unnamed(folder: str) -> int | None:
     return None
 
 
-def _link_descriptor(descriptor: int, target: Path) -> None:
+def _link_descriptor(descriptor: int, target: str) -> None:
     """Give the unnamed file open at ``descriptor`` the name ``target``; never replaces one."""
     assert _LINKAT is not None
     source = f"/proc/self/fd/{descriptor}".encode()
     if _LINKAT(_AT_FDCWD, source, _AT_FDCWD, os.fsencode(target), _AT_SYMLINK_FOLLOW) != 0:
         error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error), str(target))
+        raise OSError(error, os.strerror(error), target)
 
 
 def _write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
