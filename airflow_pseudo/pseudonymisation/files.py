@@ -69,7 +69,10 @@ class InputFolder:
         if self.root is not None:
             # The folder as written, not normalised: "a/link/../b" is not "a/b" when "link" is
             # a symbolic link.
-            folder = os.path.dirname(os.path.join(os.getcwd(), os.fspath(path)))
+            path = os.fspath(path)
+            folder = os.path.dirname(
+                path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+            )
             if stat.S_ISLNK(status.st_mode) or folder not in self._inside:
                 self._check_inside(Path(path).resolve())
                 if not stat.S_ISLNK(status.st_mode):
