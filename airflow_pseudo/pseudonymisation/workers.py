@@ -470,8 +470,15 @@ def _serve(
 
 
 def _readable(stream: IO[bytes]) -> bool:
-    """Whether a read would find data (or the end) without waiting; streams are unbuffered."""
-    return bool(select.select([stream], [], [], 0)[0])
+    """Whether a read would find data (or the end) without waiting; streams are unbuffered.
+
+    False where pipes cannot be polled (Windows): the worker then finishes each chunk before
+    reading the next, without the overlap.
+    """
+    try:
+        return bool(select.select([stream], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def main() -> None:
