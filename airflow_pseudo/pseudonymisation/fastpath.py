@@ -282,6 +282,14 @@ class _Rewriter:
 
     def __init__(self, buffer: memoryview, implicit: bool, pseudonymiser: Pseudonymiser) -> None:
         self.buffer = buffer
+        # Values to decode are sliced from the file's bytes (or map) the view shows: one copy,
+        # not a view then a copy.
+        whole = buffer.obj
+        self.data: bytes | mmap.mmap = (
+            whole
+            if isinstance(whole, bytes | mmap.mmap) and len(whole) == buffer.nbytes
+            else bytes(buffer)
+        )
         self.implicit = implicit
         self.pseudonymiser = pseudonymiser
         plans = _PLANS.get(pseudonymiser)
@@ -341,7 +349,7 @@ class _Rewriter:
         """Decode a captured value; files of a series repeat them, so decode each once."""
         if length > _VALUE_CACHE_MAX_BYTES:
             return self._decode(tag, vr, length, value).value
-        raw = bytes(self.buffer[value : value + length])
+        raw = self.data[value : value + length]
         key = (tag, vr, self.implicit, raw, *self.encodings)
         values = self.plans.captured
         decoded = values.get(key, _MISSING)
@@ -366,7 +374,7 @@ class _Rewriter:
         The common cases (a run of kept elements, a changed value seen before) are handled
         here without a call: this loop runs for every element of every file.
         """
-        buffer, append, counts = self.buffer, out.append, self.counts
+        buffer, data, append, counts = self.buffer, self.data, out.append, self.counts
         handling_table, values, value_context = (
             self.plans.handling,
             self.plans.values,
@@ -391,7 +399,7 @@ class _Rewriter:
                 and handling[0] == _CHANGE
                 and 0 < length <= _VALUE_CACHE_MAX_BYTES
             ):
-                cached = values.get((tag, vr, bytes(buffer[value : value + length]), value_context))
+                cached = values.get((tag, vr, data[value : value + length], value_context))
                 if cached is not None:
                     chunk, text, (replaced, remapped, emptied) = cached
                     append(chunk)
@@ -482,7 +490,7 @@ class _Rewriter:
         if length == UNDEFINED_LENGTH or length > _VALUE_CACHE_MAX_BYTES:
             chunk, text, counts = self._apply(tag, vr, value_vr, length, value, action, context)
         else:
-            key = (tag, vr, bytes(self.buffer[value : value + length]), self.value_context)
+            key = (tag, vr, self.data[value : value + length], self.value_context)
             values = self.plans.values
             cached = values.get(key)
             if cached is None:
@@ -617,7 +625,7 @@ class _Rewriter:
 
         Returns None when the result is not plain ASCII, for pydicom to encode.
         """
-        data = bytes(self.buffer[value : value + length])
+        data = self.data[value : value + length]
         decoded: Any = None
         if vr == "UI" and strategy == self.pseudonymiser.remap_uid and data.isascii():
             # As pydicom's converter does, without building UID objects that remap_uid would
@@ -650,7 +658,7 @@ class _Rewriter:
             BaseTag(tag),
             vr,
             length,
-            bytes(self.buffer[value : value + length]),
+            self.data[value : value + length],
             value,
             self.implicit if vr is None else False,
             True,

@@ -252,3 +252,14 @@ def test_file_view_reads_small_files_and_maps_large_ones_to_the_same_bytes(
 def fast_bytes_with_default_view(path: Path, settings: Settings) -> bytes:
     output = pseudonymise_buffer(memoryview(path.read_bytes()), settings.pseudonymiser)
     return b"".join(bytes(chunk) for chunk in output.chunks)
+
+
+def test_any_view_of_a_file_gives_the_same_output(settings: Settings):
+    """Views of a bytearray, or of part of a larger buffer, are read as bytes views are."""
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    views = [memoryview(data), memoryview(bytearray(data)), memoryview(b"pad" + data)[3:]]
+    outputs = [
+        b"".join(bytes(c) for c in pseudonymise_buffer(v, settings.pseudonymiser).chunks)
+        for v in views
+    ]
+    assert outputs[0] == outputs[1] == outputs[2]
