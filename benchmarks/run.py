@@ -273,10 +273,11 @@ def _notes(
     notes += [
         "Each measurement is a fresh subprocess; peak RSS is that process's `ru_maxrss`, and "
         "for the N-worker row the largest worker's in parentheses.",
-        "This project writes each output atomically (temporary file, then a hard link) and, by "
-        "default (durability batch), syncs the file system once per chunk of 64 files before "
-        "linking them; the 'durability none' row skips the sync, like the round trip, copy, "
-        "PyMedPhys and dcmanon rows, which neither sync nor write atomically.",
+        "This project writes each output atomically (an unnamed or temporary file, then a hard "
+        "link) and, by default (durability batch), syncs the file system once per chunk of 64 "
+        "files before linking them, in a background thread while the next chunk is written; the "
+        "'durability none' row skips the sync, like the round trip, copy, PyMedPhys and dcmanon "
+        "rows, which neither sync nor write atomically.",
         "The N-worker time includes starting the worker processes in every run (forked, as no "
         "other thread runs in the measuring process). Every timed run starts after an untimed "
         "os.sync(), so no tool pays for write-back left by an earlier one.",
