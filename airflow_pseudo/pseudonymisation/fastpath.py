@@ -93,7 +93,9 @@ _BURNED_IN_ANNOTATION = 0x00280301
 _DEIDENTIFICATION_METHOD = 0x00120063
 _DEIDENTIFICATION_CODES = 0x00120064
 # Text VRs whose pseudonyms are plain ASCII and whose decoding pydicom does in one step.
-_PLAIN_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "PN", "SH", "TM", "UI", "UC"})
+_PLAIN_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"}
+)
 _UID_KEYWORDS = {
     _SOP_INSTANCE_UID: "SOPInstanceUID",
     _STUDY_INSTANCE_UID: "StudyInstanceUID",
