@@ -3,8 +3,9 @@
 Most elements of a typical file are kept, and a kept element's bytes need no decoding: they are
 copied (as slices of a memory map, so pixel data is never duplicated in memory). Only elements a
 rule changes are decoded with pydicom, passed to the reference engine's :meth:`Pseudonymiser.apply`
-and re-encoded, so values are computed by exactly the same code. Sequences and items are written
-with undefined lengths, which spares computing lengths of rewritten content.
+and re-encoded, so values are computed by exactly the same code. A sequence or item in which
+nothing changes is copied as it is; those rewritten are written with undefined lengths, which
+spares computing the lengths of rewritten content.
 
 Explicit and Implicit VR Little Endian and the encapsulated (compressed) transfer syntaxes are
 supported. Anything else (big endian, deflate, elements out of order, a sequence hidden in a UN
