@@ -54,8 +54,9 @@ BENCH_KEY = b"airflow-pseudo benchmark key, never use in production"
 PYMEDPHYS_PEPPER = "LZS5jElRYR7nIPpBihq8V6s5Sdie_TYwMrCtrU1dEyA"
 PYMEDPHYS_EPOCH_JITTER = 775
 
-# A tool times one pass over the files into an empty folder and returns per-file counts.
-Runner = Callable[[Sequence[str], Path], Counter[str]]
+# A tool times one pass over the files into an empty folder and returns per-file counts:
+# ``run(files, out)``; this project's runners also take ``workers=``.
+Runner = Callable[..., Counter[str]]
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _ours(engine: str, workers: int, durability: str = "batch") -> tuple[Runner,
     settings = Settings(key=PseudonymKey(BENCH_KEY), engine=engine, durability=durability)
     settings.check()  # build the pseudonymiser once, outside the timed region
 
-    def run(files: Sequence[str], out: Path) -> Counter[str]:
+    def run(files: Sequence[str], out: Path, workers: int = workers) -> Counter[str]:
         results = pseudonymise_files(files, out, settings=settings, workers=workers)
         counts: Counter[str] = Counter(str(r.status) for r in results)
         counts.update(f"engine:{r.engine}" for r in results if r.status == "ok")
@@ -264,6 +265,17 @@ def _empty(directory: Path) -> Path:
     return directory
 
 
+def _reap_workers() -> None:
+    """Wait for this project's worker processes to exit (untimed), so their CPU time counts.
+
+    A batch returns once every result is in, without waiting for its workers' exit, and only
+    reaped children appear in ``getrusage``.
+    """
+    workers = sys.modules.get("airflow_pseudo.pseudonymisation.workers")
+    if workers is not None:
+        workers.reap_exited(wait=True)
+
+
 def _cpu_seconds() -> float:
     """User and system time of this process and of its reaped children (worker processes)."""
     own, children = (
@@ -285,10 +297,14 @@ def measure(spec: Spec) -> Measurement:
         return result
     root = Path(spec.output_root)
     # Untimed warm-up on a few files spread over the corpus, so lazy imports and first-call set-up
-    # are not charged to the first timed run. One file for the N-worker row: a single file runs
-    # in-process, and the pool it times is started afresh by every run anyway.
+    # are not charged to the first timed run. The N-worker row warms up in this process too (a
+    # pool's workers learn nothing for it): its workers then fork from the state the 1-worker row
+    # starts its timed run in, and the ratio of the two compares like with like.
     sample = files[:: max(1, len(files) // WARM_UP_FILES)][:WARM_UP_FILES]
-    run(sample[:1] if spec.tool == "fast-n" else sample, _empty(root / "warm-up"))
+    if spec.tool == "fast-n":
+        run(sample, _empty(root / "warm-up"), workers=1)
+    else:
+        run(sample, _empty(root / "warm-up"))
     started = time.perf_counter()
     for repeat in range(max(1, spec.max_repeats)):
         out = _empty(root / f"repeat-{repeat}")
@@ -298,6 +314,7 @@ def measure(spec: Spec) -> Measurement:
         cpu0, t0 = _cpu_seconds(), time.perf_counter()
         counts = run(files, out)
         result.seconds.append(time.perf_counter() - t0)
+        _reap_workers()
         result.cpu_seconds.append(_cpu_seconds() - cpu0)
         result.counts = dict(counts)
         if time.perf_counter() - started > spec.repeat_budget_s:

@@ -176,6 +176,16 @@ def targets(results: Mapping[tuple[str, str], Measurement], workers: int) -> lis
     ]
 
 
+def ceiling_line(ceilings: Sequence[float], workers: int) -> str:
+    """What the cores gave ``workers`` processes in the same rounds: the N-worker ceiling."""
+    return (
+        f"- Context for the {workers}-worker target: in the same rounds, a CPU-bound pure-Python "
+        f"loop did {statistics.median(ceilings):.2f}x one process's work in {workers} processes "
+        f"(median; {min(ceilings):.2f}-{max(ceilings):.2f}x over {len(ceilings)} rounds), what "
+        f"this machine's cores give any {workers}-process program."
+    )
+
+
 def _mb(kb: int) -> str:
     return f"{kb / 1024:,.0f}"
 
@@ -240,8 +250,13 @@ def markdown(
     workers: int,
     notes: Sequence[str],
     elapsed_s: float,
+    ceilings: Sequence[float] = (),
 ) -> str:
-    """The whole report, as printed and as written to ``benchmarks/results/latest.md``."""
+    """The whole report, as printed and as written to ``benchmarks/results/latest.md``.
+
+    :param ceilings: per round, how many times one process's work a CPU-bound loop did in
+        ``workers`` processes (:mod:`benchmarks.ceiling`).
+    """
     versions = ", ".join(f"{k} {v}" for k, v in sorted(machine.versions.items()))
     out = [
         "# airflow-pseudo benchmark",
@@ -277,6 +292,8 @@ def markdown(
         ]
     out += ["", "## Targets (issue 6)", ""]
     out += [f"- **{t.verdict}** {t.name}: {t.detail}" for t in targets(results, workers)]
+    if ceilings:
+        out.append(ceiling_line(ceilings, workers))
     if notes:
         out += ["", "## Notes", ""]
         out += [f"- {note}" for note in notes]

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks import settle
+from benchmarks.ceiling import cpu_scaling
 from benchmarks.corpus import Corpus, build_ct, build_mixed
 from benchmarks.measure import TOOLS, Measurement, Spec, write_pymedphys_home
 from benchmarks.report import Machine, markdown, tool_label
@@ -160,16 +161,26 @@ def measure_in_rounds(
     dcmanon_python: str | None,
     pymedphys_home: Path,
     workdir: Path,
-) -> dict[tuple[str, str], Measurement]:
+) -> tuple[dict[tuple[str, str], Measurement], list[float]]:
     """Time every tool on every corpus once per round, for ``--repeats`` rounds.
 
     Interleaved rather than one tool's runs back to back: this machine's speed drifts (a shared
     disk and CPU), and a slow spell then hits every tool of a round instead of all runs of one.
     The order of the tools rotates from round to round, so none is always first or last. A tool
     runs in no further round once its timed runs add up to ``--budget`` seconds.
+
+    Each round also measures what the machine's cores give ``--workers`` processes at all
+    (:mod:`benchmarks.ceiling`), when the N-worker row is timed; those ratios are returned too.
     """
     results: dict[tuple[str, str], Measurement] = {}
+    ceilings: list[float] = []
     for round_ in range(args.repeats):
+        if "fast-n" in args.tools and args.workers > 1:
+            ceilings.append(cpu_scaling(args.workers))
+            _log(
+                f"round {round_ + 1}, CPU-bound loop in {args.workers} processes: "
+                f"{ceilings[-1]:.2f}x one process"
+            )
         shift = round_ % len(args.tools)
         for corpus in corpora:
             for tool in args.tools[shift:] + args.tools[:shift]:
@@ -201,7 +212,7 @@ def measure_in_rounds(
                 else:
                     summary = m.error or m.skipped or "no result"
                 _log(f"round {round_ + 1}, {corpus.name:5} {label}: {summary} ({wall:.1f} s wall)")
-    return results
+    return results, ceilings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pymedphys_home = write_pymedphys_home(workdir / "pymedphys-home")
         dcmanon_python = dcmanon_interpreter(args.dcmanon_python)
 
-        results = measure_in_rounds(args, corpora, dcmanon_python, pymedphys_home, workdir)
+        results, ceilings = measure_in_rounds(
+            args, corpora, dcmanon_python, pymedphys_home, workdir
+        )
         machine.load_after = os.getloadavg()
         for m in results.values():
             if m.version:
@@ -237,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workers,
             _notes(machine, build_s, dcmanon_python, args),
             time.perf_counter() - run_started,
+            ceilings,
         )
     finally:
         shutil.rmtree(workdir / "outputs", ignore_errors=True)  # kept until now: see settle.py

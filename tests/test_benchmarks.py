@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import ceiling
+from benchmarks.ceiling import cpu_scaling
 from benchmarks.measure import Measurement
 from benchmarks.report import paired_ratio, targets
 
@@ -81,6 +83,17 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
         ), target
     assert "CPU:" in report
     assert "Python 3." in report
+    assert "- Context for the 2-worker target: in the same rounds, a CPU-bound" in report
+
+
+def test_the_cpu_ceiling_is_work_done_in_n_processes_over_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2 processes taking 1.25 s where one takes 1 s did 1.6 times one process's work."""
+    assert 0.5 < cpu_scaling(1, iterations=50_000) < 2.0  # real forks: one against itself
+    seconds = {1: 1.0, 2: 1.25}
+    monkeypatch.setattr(ceiling, "_timed", lambda processes, iterations: seconds[processes])
+    assert ceiling.cpu_scaling(2) == pytest.approx(1.6)
 
 
 def _measured(tool: str, seconds: list[float], rounds: list[int]) -> Measurement:

@@ -21,10 +21,15 @@ to two chunks: it begins the second before finishing the first, so that what end
 disk sync of its outputs) overlaps the work of the next. When a worker dies, a fresh one takes
 over and the items of its lost chunks are retried one by one, so only the item that kills a
 worker gets the job's crash result.
+
+A worker that has answered its last chunk is not waited for: its exit (a few milliseconds of the
+kernel releasing its memory) overlaps the others' work and the caller's next step. Exited workers
+are reaped when the next batch starts, at :func:`reap_exited`, or when the interpreter exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import os
@@ -248,6 +253,37 @@ class _Worker:
             _reap(self.pid, timeout=10)
         self.replies.close()
 
+    def exited(self) -> bool:
+        """Reap the worker if it has exited, without waiting; whether it has."""
+        if self.process is not None:
+            return self.process.poll() is not None
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:  # already reaped
+            return True
+
+
+_UNREAPED: list[_Worker] = []
+"""Workers that had answered all their chunks but not yet exited when their batch ended."""
+
+
+def reap_exited(*, wait: bool = False) -> None:
+    """Reap the workers of earlier batches that have exited; with ``wait``, all of them.
+
+    Waiting kills a worker that has not exited 10 s after its batch ended. Called as each batch
+    starts and when the interpreter exits; a caller that counts its children's CPU time (with
+    ``getrusage``) calls it with ``wait=True`` first.
+    """
+    for worker in list(_UNREAPED):
+        if wait:
+            worker.wait()
+        elif not worker.exited():
+            continue
+        _UNREAPED.remove(worker)
+
+
+atexit.register(reap_exited, wait=True)
+
 
 def _ahead_limit(fd: int) -> int:
     """The largest frame to send ahead through pipe ``fd``: a quarter of its buffer (0: none).
@@ -370,6 +406,14 @@ def run_in_processes(
         pool.remove(worker)
         worker.stop()
 
+    def let_exit(worker: _Worker) -> None:
+        """Its last chunk is answered and it knows no more will come: it exits, unwaited."""
+        selector.unregister(worker.replies)
+        pool.remove(worker)
+        worker.replies.close()
+        if not worker.exited():
+            _UNREAPED.append(worker)
+
     def lost(worker: _Worker) -> None:
         retire(worker)
         if not worker.ready:  # died before touching its chunk: the worker's fault, not an item's
@@ -397,6 +441,7 @@ def run_in_processes(
             start_worker()
 
     failed_starts: list[int] = []
+    reap_exited()
     try:
         for _ in range(min(workers, len(chunks))):
             start_worker()
@@ -416,6 +461,8 @@ def run_in_processes(
                     raise RuntimeError("a worker answered out of turn")
                 finished[reply_start] = results
                 feed(worker)
+                if worker.requests.closed and not worker.chunks:
+                    let_exit(worker)
             while next_start in finished:
                 results = finished.pop(next_start)
                 next_start += len(results)

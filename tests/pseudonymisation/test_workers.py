@@ -236,3 +236,32 @@ def test_a_worker_that_does_not_exit_is_killed():
     assert 0.2 <= time.monotonic() - started < 5
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reaped: no such child any more
+
+
+def test_a_batch_returns_without_waiting_for_its_workers_to_exit(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A worker's exit overlaps what the caller does next; it is reaped later, never lost."""
+    import time
+
+    serve = workers._serve
+
+    def serve_then_linger(*args: Any) -> None:
+        serve(*args)
+        time.sleep(1.5)  # a slow exit, after the last answer
+
+    monkeypatch.setattr(workers, "_serve", serve_then_linger)
+    workers.reap_exited(wait=True)  # none left by earlier tests
+    started = time.monotonic()
+    results = list(run_in_processes(SquareOrDie(), [1, 2, 3, 4, 5, 6], None, 2, 1, "fork"))
+    assert time.monotonic() - started < 1.5
+    assert [r[1] for r in results] == [1, 4, 9, 16, 25, 36]
+    lingering = [worker.pid for worker in workers._UNREAPED]
+    assert len(lingering) == 2
+    workers.reap_exited()  # not waiting: they are still there
+    assert [worker.pid for worker in workers._UNREAPED] == lingering
+    workers.reap_exited(wait=True)
+    assert workers._UNREAPED == []
+    for pid in lingering:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
