@@ -15,11 +15,12 @@ and the caller falls back to the reference engine, whose output this path must d
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,6 +53,7 @@ from airflow_pseudo.pseudonymisation.scanner import (
     DROP,
     ELEMENT,
     FOLD,
+    HEADER_TRUNCATED,
     ITEM,
     KEEP,
     REMOVE,
@@ -60,7 +62,7 @@ from airflow_pseudo.pseudonymisation.scanner import (
     UNDEFINED_LENGTH,
     Event,
     FastPathUnsupported,
-    read_header,
+    TruncatedFileError,
 )
 
 try:
@@ -84,6 +86,7 @@ _LONG_LENGTH_VR_CODES = frozenset(vr.encode("ascii") for vr in _LONG_LENGTH_VRS)
 _UINT16 = struct.Struct("<H")
 _UINT32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
+_ITEM_HEADER = struct.Struct("<HHI")  # items and delimiters: tag and 32-bit length, in any VR
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _PATIENT_ID = 0x00100020
 _STUDY_INSTANCE_UID = 0x0020000D
@@ -233,10 +236,23 @@ class _Plans:
         self.top_level: dict[int, int] = {}
         self.nested: dict[int, int] = {}
         self.markers: dict[tuple[bool, str | None], list[tuple[int, bytes]]] = {}
-        # (tag, VR, implicit, raw value, patient, encodings) -> (chunk, new text, counts)
+        # (tag, VR, raw value, context number) -> (chunk, new text, counts)
         self.values: dict[tuple[object, ...], tuple[bytes, str, tuple[int, int, int]]] = {}
+        # What else a changed element's encoding depends on (implicit VR, patient, encodings),
+        # numbered: keys of ``values`` then hash one int for it, not a tuple each time.
+        self.contexts: dict[tuple[object, ...], int] = {}
+        self._context_numbers = itertools.count()
         self.captured: dict[tuple[object, ...], Any] = {}  # decoded values read before rewriting
         self.handling: dict[tuple[int, str | None, bool], tuple[int, Action, str | None]] = {}
+
+    def context_number(self, context: tuple[object, ...]) -> int:
+        """The number of a value context; never reused, so cached values never mix contexts."""
+        number = self.contexts.get(context)
+        if number is None:
+            if len(self.contexts) >= _VALUE_CACHE_ENTRIES:
+                self.contexts.clear()
+            number = self.contexts[context] = next(self._context_numbers)
+        return number
 
     def action(self, tag: int) -> Action:
         action = self.actions.get(tag)
@@ -303,7 +319,7 @@ class _Rewriter:
         self.encodings: list[str] = convert_encodings(None)
         self.depth = 0
         self.new_uids: dict[int, str] = {}
-        self.value_context: tuple[object, ...] = ()
+        self.value_context = -1  # see _Plans.contexts
 
     def run(self, start: int, transfer_syntax: UID) -> FastOutput:
         plans = self.plans
@@ -321,7 +337,7 @@ class _Rewriter:
             captured.get(_PATIENT_ID), captured.get(_STUDY_INSTANCE_UID)
         )
         # Besides tag, VR and raw value, what a changed element's encoding depends on.
-        self.value_context = (self.implicit, context.patient, *self.encodings)
+        self.value_context = plans.context_number((self.implicit, context.patient, *self.encodings))
         body: list[bytes | memoryview] = []
         markers = self._markers(captured.get(_DEIDENTIFICATION_METHOD))
         self._emit(events, body, context, True, markers)
@@ -370,7 +386,7 @@ class _Rewriter:
         out: list[bytes | memoryview],
         context: PseudonymContext,
         top_level: bool,
-        markers: list[tuple[int, bytes]] | None = None,
+        markers: Sequence[tuple[int, bytes]] = (),
     ) -> None:
         """Write one level's events; at the top level, this tool's markers in tag order.
 
@@ -383,7 +399,6 @@ class _Rewriter:
             self.plans.values,
             self.value_context,
         )
-        markers = markers or []
         pending = 0
         for event in events:
             if event[0] == COPY:
@@ -413,7 +428,8 @@ class _Rewriter:
                         self.new_uids[tag] = text
                     continue
             self._element(event, out, context, top_level=top_level)
-        out.extend(chunk for _, chunk in markers[pending:])
+        if pending < len(markers):
+            out.extend(chunk for _, chunk in markers[pending:])
 
     def _element(
         self,
@@ -572,7 +588,10 @@ class _Rewriter:
         unchanged = end is not None
         while end is None or position < end:
             item_start = position
-            item, _, item_length, item_value = read_header(buffer, position, True)
+            if position + 8 > len(buffer):
+                raise TruncatedFileError(HEADER_TRUNCATED)
+            group, element, item_length = _ITEM_HEADER.unpack_from(buffer, position)
+            item, item_value = group << 16 | element, position + 8
             if item == SEQUENCE_DELIMITER and end is None:
                 break
             if item != ITEM:

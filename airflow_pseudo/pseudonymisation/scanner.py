@@ -68,6 +68,9 @@ class FastPathUnsupported(Exception):
     """This file needs the reference engine; the message says why (never a value)."""
 
 
+HEADER_TRUNCATED = "truncated DICOM: the file ends inside an element header"
+
+
 class TruncatedFileError(UnsupportedInputError):
     """The file ends before its structure does: no engine may pseudonymise what is missing."""
 
@@ -76,7 +79,7 @@ def read_header(buffer: Any, position: int, implicit: bool) -> tuple[int, str | 
     """Return tag, VR (None when implicit or an item tag), value length and value position."""
     size = len(buffer)
     if position + 8 > size:
-        raise TruncatedFileError("truncated DICOM: the file ends inside an element header")
+        raise TruncatedFileError(HEADER_TRUNCATED)
     group, element, vr_code, short_length = _EXPLICIT_HEADER.unpack_from(buffer, position)
     tag = group << 16 | element
     if group == 0xFFFE or implicit:
@@ -86,7 +89,7 @@ def read_header(buffer: Any, position: int, implicit: bool) -> tuple[int, str | 
         raise FastPathUnsupported("unexpected VR bytes (implicit data in an explicit file?)")
     if vr in _LONG_LENGTH_VRS:
         if position + 12 > size:
-            raise TruncatedFileError("truncated DICOM: the file ends inside an element header")
+            raise TruncatedFileError(HEADER_TRUNCATED)
         return tag, vr, _UINT32.unpack_from(buffer, position + 8)[0], position + 12
     return tag, vr, short_length, position + 8
 

@@ -263,3 +263,34 @@ def test_any_view_of_a_file_gives_the_same_output(settings: Settings):
         for v in views
     ]
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_value_contexts_are_numbered_once_and_never_renumbered(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+):
+    """Cached values are keyed by a context's number: a number must never mean two patients."""
+    monkeypatch.setattr(fastpath, "_VALUE_CACHE_ENTRIES", 2)
+    plans = fastpath._Plans(settings.pseudonymiser)
+    alice, bob, carol = ((False, patient, "iso8859") for patient in ("A", "B", "C"))
+    first = plans.context_number(alice)
+    assert plans.context_number(alice) == first
+    numbers = [first, plans.context_number(bob), plans.context_number(carol)]  # carol clears
+    numbers.append(plans.context_number(alice))  # forgotten: numbered anew
+    assert len(set(numbers)) == len(numbers)
+
+
+def test_patients_sharing_values_get_their_own_pseudonyms(tmp_path: Path, settings: Settings):
+    """Two patients with the same dates, files interleaved: each is shifted by its own offset."""
+    paths = []
+    for index, patient in enumerate(["PAT-A", "PAT-B", "PAT-A", "PAT-B"]):
+        dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        dataset.PatientID = patient
+        dataset.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{index + 1}"
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        paths.append(tmp_path / f"{index}.dcm")
+        dataset.save_as(paths[-1])
+    outputs = [fast_bytes(path, settings) for path in paths]
+    for path, output in zip(paths, outputs, strict=True):
+        assert_same_decoded(output, reference_bytes(path, settings))
+    dates = [pydicom.dcmread(io.BytesIO(output)).StudyDate for output in outputs]
+    assert dates[0] == dates[2] != dates[1] == dates[3]
