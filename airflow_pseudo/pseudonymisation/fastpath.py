@@ -294,6 +294,7 @@ _PLANS: weakref.WeakKeyDictionary[Pseudonymiser, _Plans] = weakref.WeakKeyDictio
 _VALUE_CACHE_ENTRIES = 4096
 _VALUE_CACHE_MAX_BYTES = 1024
 _MISSING = object()
+_PAST_LAST_TAG = 1 << 32  # above every tag: no marker left to write
 
 
 class _Rewriter:
@@ -393,24 +394,28 @@ class _Rewriter:
         The common cases (a run of kept elements, a changed value seen before) are handled
         here without a call: this loop runs for every element of every file.
         """
-        buffer, data, append, counts = self.buffer, self.data, out.append, self.counts
+        buffer, data, append = self.buffer, self.data, out.append
         handling_table, values, value_context = (
             self.plans.handling,
             self.plans.values,
             self.value_context,
         )
+        replaced = remapped = emptied = 0  # of cache hits, added to the counts at the end
         pending = 0
+        next_marker = markers[0][0] if markers else _PAST_LAST_TAG
         for event in events:
             if event[0] == COPY:
-                while pending < len(markers) and markers[pending][0] < event[3]:
+                while next_marker < event[3]:
                     append(markers[pending][1])
                     pending += 1
+                    next_marker = markers[pending][0] if pending < len(markers) else _PAST_LAST_TAG
                 append(buffer[event[1] : event[2]])
                 continue
-            tag, vr, length, value = event[1], event[2], event[3], event[5]
-            while pending < len(markers) and markers[pending][0] < tag:
+            _, tag, vr, length, _, value, _ = event
+            while next_marker < tag:
                 append(markers[pending][1])
                 pending += 1
+                next_marker = markers[pending][0] if pending < len(markers) else _PAST_LAST_TAG
             handling = handling_table.get((tag, vr, top_level))
             if (
                 handling is not None
@@ -419,17 +424,21 @@ class _Rewriter:
             ):
                 cached = values.get((tag, vr, data[value : value + length], value_context))
                 if cached is not None:
-                    chunk, text, (replaced, remapped, emptied) = cached
+                    chunk, text, hit = cached
                     append(chunk)
-                    counts.replaced += replaced
-                    counts.remapped_uids += remapped
-                    counts.emptied += emptied
+                    replaced += hit[0]
+                    remapped += hit[1]
+                    emptied += hit[2]
                     if top_level and tag in _NAMING_UIDS:
                         self.new_uids[tag] = text
                     continue
             self._element(event, out, context, top_level=top_level)
         if pending < len(markers):
             out.extend(chunk for _, chunk in markers[pending:])
+        counts = self.counts
+        counts.replaced += replaced
+        counts.remapped_uids += remapped
+        counts.emptied += emptied
 
     def _element(
         self,
