@@ -86,6 +86,7 @@ _LONG_LENGTH_VR_CODES = frozenset(vr.encode("ascii") for vr in _LONG_LENGTH_VRS)
 _UINT16 = struct.Struct("<H")
 _UINT32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")  # tag, VR, and the length unless a long-length VR
 _ITEM_HEADER = struct.Struct("<HHI")  # items and delimiters: tag and 32-bit length, in any VR
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _PATIENT_ID = 0x00100020
@@ -180,16 +181,16 @@ def pseudonymise_buffer(buffer: memoryview, pseudonymiser: Pseudonymiser) -> Fas
 
 def _read_file_meta(buffer: memoryview) -> tuple[int, bytes]:
     """Where the file meta group ends, and the transfer syntax UID's raw value."""
-    position, transfer_syntax = PREAMBLE_AND_PREFIX, None
-    while position + 8 <= len(buffer):
-        group, element = _TAG.unpack_from(buffer, position)
+    position, transfer_syntax, size = PREAMBLE_AND_PREFIX, None, len(buffer)
+    while position + 8 <= size:
+        group, element, vr, length = _EXPLICIT_HEADER.unpack_from(buffer, position)
         if group != 0x0002:
             break
-        if bytes(buffer[position + 4 : position + 6]) in _LONG_LENGTH_VR_CODES:
+        if vr in _LONG_LENGTH_VR_CODES:
             length, start = _UINT32.unpack_from(buffer, position + 8)[0], position + 12
         else:
-            length, start = _UINT16.unpack_from(buffer, position + 6)[0], position + 8
-        if length == UNDEFINED_LENGTH or start + length > len(buffer):
+            start = position + 8
+        if length == UNDEFINED_LENGTH or start + length > size:
             raise FastPathUnsupported("malformed file meta")
         if element == 0x0010:
             transfer_syntax = bytes(buffer[start : start + length])
@@ -734,17 +735,26 @@ def _covers(events: list[Event], start: int, end: int) -> bool:
 
 def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     """Encode the file meta group this tool writes (PS3.10 7.1), group length first."""
-    elements = b"".join(
+    before, after = _file_meta_around_instance(sop_class, str(transfer_syntax))
+    instance = _explicit(0x00020003, "UI", _pad(sop_instance.encode("ascii"), b"\x00"))
+    length = _UINT32.pack(len(before) + len(instance) + len(after))
+    return b"".join((_explicit(0x00020000, "UL", length), before, instance, after))
+
+
+@lru_cache(maxsize=256)
+def _file_meta_around_instance(sop_class: str, transfer_syntax: str) -> tuple[bytes, bytes]:
+    """The file meta elements before and after the instance UID: the same for a whole series."""
+    before = _explicit(0x00020001, "OB", b"\x00\x01") + _explicit(
+        0x00020002, "UI", _pad(sop_class.encode("ascii"), b"\x00")
+    )
+    after = b"".join(
         (
-            _explicit(0x00020001, "OB", b"\x00\x01"),
-            _explicit(0x00020002, "UI", _pad(sop_class.encode("ascii"), b"\x00")),
-            _explicit(0x00020003, "UI", _pad(sop_instance.encode("ascii"), b"\x00")),
-            _explicit(0x00020010, "UI", _pad(str(transfer_syntax).encode("ascii"), b"\x00")),
+            _explicit(0x00020010, "UI", _pad(transfer_syntax.encode("ascii"), b"\x00")),
             _explicit(0x00020012, "UI", _pad(IMPLEMENTATION_CLASS_UID.encode("ascii"), b"\x00")),
             _explicit(0x00020013, "SH", _pad(IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" ")),
         )
     )
-    return _explicit(0x00020000, "UL", _UINT32.pack(len(elements))) + elements
+    return before, after
 
 
 def _pad(data: bytes, padding: bytes) -> bytes:
