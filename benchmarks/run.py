@@ -294,7 +294,8 @@ def _notes(
         "rows, which neither sync nor write atomically.",
         "The N-worker time includes starting the worker processes in every run (forked, as no "
         "other thread runs in the measuring process). Every timed run starts after an untimed "
-        "os.sync(), so no tool pays for write-back left by an earlier one.",
+        "os.sync() and an untimed read of the corpus, so no tool pays for write-back left by "
+        "an earlier one, nor for reading files from the disk.",
         "No output is deleted until the whole benchmark has run (a few GB at the default "
         "sizes): on ext4 without a journal, creating files stays slow for a minute or more "
         "after thousands were deleted, which would slow whichever tool ran next.",
