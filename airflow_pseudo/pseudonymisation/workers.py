@@ -265,6 +265,7 @@ class _Worker:
 
 _UNREAPED: list[_Worker] = []
 """Workers that had answered all their chunks but not yet exited when their batch ended."""
+_UNREAPED_LOCK = threading.Lock()  # batches may run in several threads of one process
 
 
 def reap_exited(*, wait: bool = False) -> None:
@@ -274,12 +275,13 @@ def reap_exited(*, wait: bool = False) -> None:
     starts and when the interpreter exits; a caller that counts its children's CPU time (with
     ``getrusage``) calls it with ``wait=True`` first.
     """
-    for worker in list(_UNREAPED):
-        if wait:
-            worker.wait()
-        elif not worker.exited():
-            continue
-        _UNREAPED.remove(worker)
+    with _UNREAPED_LOCK:
+        for worker in list(_UNREAPED):
+            if wait:
+                worker.wait()
+            elif not worker.exited():
+                continue
+            _UNREAPED.remove(worker)
 
 
 atexit.register(reap_exited, wait=True)
@@ -412,7 +414,8 @@ def run_in_processes(
         pool.remove(worker)
         worker.replies.close()
         if not worker.exited():
-            _UNREAPED.append(worker)
+            with _UNREAPED_LOCK:
+                _UNREAPED.append(worker)
 
     def lost(worker: _Worker) -> None:
         retire(worker)
