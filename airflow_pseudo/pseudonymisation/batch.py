@@ -164,7 +164,7 @@ class _FileJob:
         except BaseException:
             _StagedChunk(self, staged).abandon()
             raise
-        return _StagedChunk(self, staged, sync=settings.durability == "batch")
+        return _StagedChunk(self, staged, durability=settings.durability)
 
     def _stage(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile | None]:
         try:
@@ -178,12 +178,12 @@ class _FileJob:
             outside = isinstance(exc, InputOutsideRootError)
             return self._failed(source, exc, follow_symlinks=not outside), None
 
-    def commit(self, result: FileResult, file: StagedFile | None) -> FileResult:
-        """Name a durable output; a failure to do so is the file's failure."""
+    def commit(self, result: FileResult, file: StagedFile | None, *, durable: bool) -> FileResult:
+        """Name an output (``durable``: synced, its pages are released); a failure is the file's."""
         if file is None:
             return result
         try:
-            file.commit()
+            file.commit(release_pages=durable)
         except Exception as exc:
             return self._failed(result.source, exc)
         return result
@@ -247,11 +247,12 @@ class _StagedChunk:
         job: _FileJob,
         staged: list[tuple[FileResult, StagedFile | None]],
         *,
-        sync: bool = False,
+        durability: str = "none",
     ) -> None:
         self._job = job
         self._staged = staged
-        written = sync and any(file for _, file in staged)
+        self._durable = durability != "none"
+        written = durability == "batch" and any(file for _, file in staged)
         self._sync = BackgroundSync(job.output_dir) if written else None
 
     def finish(self) -> list[FileResult]:
@@ -259,7 +260,10 @@ class _StagedChunk:
         try:
             if self._sync is not None:
                 self._sync.wait()
-            return [self._job.commit(result, file) for result, file in self._staged]
+            return [
+                self._job.commit(result, file, durable=self._durable)
+                for result, file in self._staged
+            ]
         finally:
             self.abandon()
 

@@ -252,7 +252,7 @@ def write_atomically(
     """
     staged = stage(content, target, durable=True)
     try:
-        staged.commit()
+        staged.commit(release_pages=True)
     finally:
         staged.discard()
 
@@ -270,8 +270,13 @@ class StagedFile:
     temporary: Path | None = None  # the temporary name, for a named file
     descriptor: int | None = None  # the open unnamed file, until committed or discarded
 
-    def commit(self) -> None:
+    def commit(self, *, release_pages: bool = False) -> None:
         """Link the file into place (atomic); an identical existing file counts as done.
+
+        :param release_pages: the file is durable (synced): drop its pages from the page cache.
+            An output is written once and not read back by this process; dropped, its clean
+            pages are reused for the next outputs, instead of the cache (and a container's
+            memory limit) filling with them, and fresh pages being taken for every file.
 
         :raises FileExistsError: when ``target`` exists with different content.
         """
@@ -279,6 +284,8 @@ class StagedFile:
             if self.descriptor is not None:
                 try:
                     _link_descriptor(self.descriptor, self.target)
+                    if release_pages:
+                        release_cached_pages(self.descriptor)
                     self.discard()
                     return
                 except FileExistsError:
@@ -376,6 +383,18 @@ def stage(
         if named:
             os.close(fd)
     return staged
+
+
+def release_cached_pages(fd: int) -> None:
+    """Advise the kernel that the file open at ``fd`` will not be read soon (where it can be told).
+
+    Clean pages are dropped at once; dirty ones are only queued for writing. Advice: a kernel
+    that refuses it changes nothing.
+    """
+    advise = getattr(os, "posix_fadvise", None)  # not on macOS or Windows
+    if advise is not None:
+        with contextlib.suppress(OSError):
+            advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _create_unnamed(folder: str) -> int | None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import mmap
+import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -136,3 +140,56 @@ def tree_digest() -> Callable[[Path], dict[str, str]]:
 def all_texts() -> Callable[[Dataset], str]:
     """Every text value of a dataset (file meta and nested items included), one per line."""
     return lambda ds: "\n".join(_all_texts(ds))
+
+
+def _pages_in_cache(path: Path) -> int:
+    """How many of a file's pages are in the page cache (``mincore`` on a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with path.open("rb") as file:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap failed")
+    try:
+        resident = ctypes.create_string_buffer(pages)
+        if libc.mincore(address, size, resident) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        return sum(byte & 1 for byte in resident.raw)
+    finally:
+        libc.munmap(address, size)
+
+
+@pytest.fixture
+def pages_in_cache(tmp_path: Path) -> Callable[[Path], int]:
+    """Count a file's pages in the page cache; skips where the kernel keeps a synced file's pages.
+
+    Linux drops a synced file's pages when advised to (``POSIX_FADV_DONTNEED``) on disk file
+    systems, not on tmpfs, which has nowhere else to keep them.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(os, "posix_fadvise"):
+        pytest.skip("page-cache residency is checked on Linux")
+    probe = tmp_path / "page-cache-probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x" * 4 * mmap.PAGESIZE)
+        os.fsync(fd)
+        written = _pages_in_cache(probe)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if written == 0 or _pages_in_cache(probe) != 0:
+        pytest.skip("this file system keeps a synced file's pages whatever it is advised")
+    probe.unlink()
+    return _pages_in_cache

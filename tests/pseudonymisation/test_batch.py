@@ -226,6 +226,23 @@ class TestWorkers:
         for ours, theirs in zip(results, expected, strict=True):
             assert Path(str(ours.output)).read_bytes() == Path(str(theirs.output)).read_bytes()
 
+    @pytest.mark.parametrize(("durability", "workers"), [("batch", 1), ("batch", 2), ("file", 1)])
+    def test_durable_outputs_leave_the_page_cache(
+        self,
+        corpus: Path,
+        settings: Settings,
+        tmp_path: Path,
+        pages_in_cache: Callable[[Path], int],
+        durability: str,
+        workers: int,
+    ):
+        """Once synced and named, an output's pages are released, so the cache does not fill."""
+        chosen = dataclasses.replace(settings, durability=durability)
+        results = pseudonymise_directory(corpus, tmp_path / "out", settings=chosen, workers=workers)
+        outputs = [Path(str(r.output)) for r in results if r.status == "ok"]
+        assert outputs
+        assert [pages_in_cache(output) for output in outputs] == [0] * len(outputs)
+
     def test_batch_durability_names_only_synced_outputs(
         self, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
     ):
@@ -249,9 +266,9 @@ class TestWorkers:
             real_sync(folder)
             covered[0] = max(covered[0], before)
 
-        def checked_commit(staged: files.StagedFile) -> None:
+        def checked_commit(staged: files.StagedFile, **kwargs: Any) -> None:
             committed.append(any(w is staged for w in written[: covered[0]]))
-            real_commit(staged)
+            real_commit(staged, **kwargs)
 
         real_commit = files.StagedFile.commit
         monkeypatch.setattr(batch, "stage", recording_stage)

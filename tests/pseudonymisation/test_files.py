@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections.abc import Callable
 from pathlib import Path, PurePath
 from unittest import mock
 
@@ -163,6 +164,28 @@ class TestWrite:
         staged = stage(chunks, target, durable=True)
         staged.commit()
         assert target.read_bytes() == b"".join(bytes(chunk) for chunk in chunks)
+
+
+def test_a_durable_output_leaves_the_page_cache_when_committed(
+    tmp_path: Path, pages_in_cache: Callable[[Path], int]
+):
+    """Written once and not read back here: its pages go back to the kernel for the next files."""
+    data = [b"\x00" * 128, b"DICM", b"x" * 64 * 1024]
+    kept, released = tmp_path / "kept.dcm", tmp_path / "released.dcm"
+    stage(data, kept, durable=True).commit()
+    stage(data, released, durable=True).commit(release_pages=True)
+    assert pages_in_cache(kept) > 0
+    assert pages_in_cache(released) == 0
+    assert released.read_bytes() == b"".join(data)  # read back from the disk
+
+
+def test_write_atomically_releases_the_pages_of_what_it_wrote(
+    tmp_path: Path, pages_in_cache: Callable[[Path], int]
+):
+    target = tmp_path / "ct.dcm"
+    write_atomically(make_instance("ct"), target)
+    assert pages_in_cache(target) == 0
+    assert pydicom.dcmread(target).Modality == "CT"
 
 
 def test_an_unnamed_file_that_cannot_be_linked_is_named_instead(
