@@ -385,8 +385,7 @@ def _run(
         chunks = (items[start : start + CHUNK_SIZE] for start in range(0, len(items), CHUNK_SIZE))
         results: Iterator[_R] = run_overlapped(job, chunks, settings)
     else:
-        chunksize = max(1, min(CHUNK_SIZE, len(items) // (workers * 4)))
-        results = run_in_processes(job, items, settings, workers, chunksize)
+        results = run_in_processes(job, items, settings, workers, CHUNK_SIZE)
     for result in results:
         if progress:
             progress(result)
