@@ -276,7 +276,8 @@ class StagedFile:
         :param release_pages: the file is durable (synced): drop its pages from the page cache.
             An output is written once and not read back by this process; dropped, its clean
             pages are reused for the next outputs, instead of the cache (and a container's
-            memory limit) filling with them, and fresh pages being taken for every file.
+            memory limit) filling with them, and fresh pages being taken for every file. Only
+            an unnamed file is still open here; a named one's pages stay.
 
         :raises FileExistsError: when ``target`` exists with different content.
         """
