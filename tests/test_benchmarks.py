@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import ceiling
+from airflow_pseudo.testing import write_ct_copies
+from benchmarks import ceiling, measure
 from benchmarks.ceiling import cpu_scaling
 from benchmarks.measure import Measurement
-from benchmarks.report import paired_ratio, targets
+from benchmarks.report import paired_ratio, split_line, targets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED_ROWS = (
     "airflow-pseudo fast path, 1 worker",
     "airflow-pseudo fast path, 2 workers",
+    "airflow-pseudo fast path, 2 processes on fixed shares (reference)",
     "airflow-pseudo fast path, 1 worker, durability none (no sync)",
     "airflow-pseudo reference engine, 1 worker",
     "pydicom dcmread + save_as, no changes",
@@ -84,6 +86,7 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
     assert "CPU:" in report
     assert "Python 3." in report
     assert "- Context for the 2-worker target: in the same rounds, a CPU-bound" in report
+    assert "- Context for the 2-worker target: in the same rounds, a fixed split" in report
 
 
 def test_the_cpu_ceiling_is_work_done_in_n_processes_over_one(
@@ -132,3 +135,28 @@ def test_targets_are_judged_on_paired_ratios() -> None:
     results["ct", "fast-n"] = _measured("fast-n", [0.7, 1.4], [0, 1])  # 1.43x
     verdicts = {t.name: t.verdict for t in targets(results, workers=2)}
     assert verdicts["CT: 2 workers >= 0.8 x 2 x 1 worker"] == "FAIL"
+
+
+def test_the_split_reference_pseudonymises_every_file_once_across_its_processes(
+    tmp_path: Path,
+) -> None:
+    """Three forked processes on fixed shares: every file has one output, counts add up."""
+    files = [str(p) for p in write_ct_copies(tmp_path / "in", 7)]
+    run, version = measure._ours_split(3)
+    counts = run(files, tmp_path / "out")
+    assert counts == {"ok": 7, "engine:fast": 7}
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 7
+    assert version.startswith("airflow-pseudo ")
+
+
+def test_the_split_line_compares_the_workers_with_the_split_round_by_round() -> None:
+    results = {
+        ("ct", "fast-1"): _measured("fast-1", [1.0, 2.0], [0, 1]),
+        ("ct", "fast-split"): _measured("fast-split", [0.55, 1.1], [0, 1]),  # 1.82x
+        ("ct", "fast-n"): _measured("fast-n", [0.625, 1.25], [0, 1]),  # 1.6x: 88 % of it
+    }
+    line = split_line(results, workers=2)
+    assert line is not None
+    assert "did 1.82x one worker, and the 2 workers 88% of that split" in line
+    del results["ct", "fast-split"]
+    assert split_line(results, workers=2) is None
