@@ -164,10 +164,11 @@ def _ours_split(processes: int) -> tuple[Runner, str]:
     """The fast path in ``processes`` independent processes, each on a fixed share of the files.
 
     Each child forks from the measuring process at the start of the run and pseudonymises its
-    contiguous share, with one worker, into the same output folder; nothing is sent between them
-    but each child's counts at its end. No process pool can beat a split known in advance and
-    free of any coordination, so this row is what the N-worker row can at best reach here: the
-    machine's own limit for this work, disk and kernel included.
+    contiguous share, with one worker, into the same output folder; nothing passes between them
+    but each child's counts at its end. This is N processes' work with no coordination at all:
+    the N-worker row differs from it by its own costs (sending chunks and results) and gains
+    (balancing: a share that runs slower is not waited for), while what the machine withholds
+    from N processes doing this work (disk, kernel, a shared host) slows both alike.
     """
     run_one, version = _ours("auto", 1)
 

@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_ROWS = (
     "airflow-pseudo fast path, 1 worker",
     "airflow-pseudo fast path, 2 workers",
-    "airflow-pseudo fast path, 2 processes on fixed shares (reference)",
+    "airflow-pseudo fast path, 2 processes on fixed shares",
     "airflow-pseudo fast path, 1 worker, durability none (no sync)",
     "airflow-pseudo reference engine, 1 worker",
     "pydicom dcmread + save_as, no changes",
@@ -157,6 +157,6 @@ def test_the_split_line_compares_the_workers_with_the_split_round_by_round() -> 
     }
     line = split_line(results, workers=2)
     assert line is not None
-    assert "did 1.82x one worker, and the 2 workers 88% of that split" in line
+    assert "did 1.82x one worker, and the 2 workers 88% of that split's rate" in line
     del results["ct", "fast-split"]
     assert split_line(results, workers=2) is None
