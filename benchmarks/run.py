@@ -54,8 +54,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=5,
-        help="rounds: each runs every tool once, interleaved (5)",
+        default=9,
+        help="rounds: each runs every tool once, interleaved (9)",
     )
     parser.add_argument(
         "--budget",
