@@ -37,6 +37,7 @@ TOOLS = (
     "fast-n",
     "fast-split",
     "fast-1-nosync",
+    "fast-n-nosync",
     "reference",
     "roundtrip",
     "copy",
@@ -48,7 +49,7 @@ WARM_UP_FILES = 8
 """Files processed, untimed, before the first timed run."""
 OPTIONAL_TOOLS = frozenset({"pymedphys", "dcmanon"})
 """Tools that are skipped, with a note, when they cannot be imported."""
-FORKING_TOOLS = frozenset({"fast-n", "fast-split"})
+FORKING_TOOLS = frozenset({"fast-n", "fast-split", "fast-n-nosync"})
 """Tools whose processes fork from the measuring one: they warm up in it with one worker."""
 
 BENCH_KEY = b"airflow-pseudo benchmark key, never use in production"
@@ -85,6 +86,11 @@ class Measurement:
         wall time, barely moved by a slow disk or a busy neighbour.
     :param counts: per-file outcomes of the last repetition (``ok``, ``failed``, and for this
         project ``engine:fast`` / ``engine:reference``).
+    :param steal_seconds: time the hypervisor took from this machine's cores during each
+        repetition (``steal`` in ``/proc/stat``: summed over cores, machine-wide); empty where
+        the system does not say.
+    :param idle_seconds: time the cores were idle or waiting for the disk during each
+        repetition, summed over cores, machine-wide; empty where the system does not say.
     :param peak_rss_kb: peak resident set size of the measuring process.
     :param worker_peak_rss_kb: largest peak of any reaped child (worker) process, 0 if none.
     """
@@ -96,6 +102,8 @@ class Measurement:
     seconds: list[float] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
+    steal_seconds: list[float] = field(default_factory=list)
+    idle_seconds: list[float] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     peak_rss_kb: int = 0
     worker_peak_rss_kb: int = 0
@@ -133,6 +141,8 @@ class Measurement:
         """Take in ``other``, one round's measurement of the same tool on the same corpus."""
         self.seconds += other.seconds
         self.cpu_seconds += other.cpu_seconds
+        self.steal_seconds += other.steal_seconds
+        self.idle_seconds += other.idle_seconds
         self.rounds += [round_] * len(other.seconds)
         self.counts = other.counts or self.counts
         self.peak_rss_kb = max(self.peak_rss_kb, other.peak_rss_kb)
@@ -286,6 +296,8 @@ def _runner(spec: Spec) -> tuple[Runner, str]:
         return _ours_split(spec.workers)
     if spec.tool == "fast-1-nosync":
         return _ours("auto", 1, durability="none")
+    if spec.tool == "fast-n-nosync":
+        return _ours("auto", spec.workers, durability="none")
     if spec.tool == "reference":
         return _ours("reference", 1)
     if spec.tool == "roundtrip":
@@ -342,6 +354,25 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _core_seconds() -> tuple[float, float] | None:
+    """Idle (with waiting for the disk) and stolen time of all cores so far; None off Linux.
+
+    Machine-wide: the time a tool leaves a core idle, and the time the hypervisor takes from
+    the cores (to run its own threads, among them the one doing this guest's disk writes), are
+    what a per-process CPU time cannot show.
+    """
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if fields[:1] != ["cpu"] or len(fields) < 9:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle, iowait, steal = (int(fields[i]) for i in (4, 5, 8))
+    return (idle + iowait) / ticks, steal / ticks
+
+
 def measure(spec: Spec) -> Measurement:
     """Time ``spec.tool`` over the files: at least once, up to ``max_repeats`` within budget."""
     files = list(spec.files)
@@ -371,9 +402,13 @@ def measure(spec: Spec) -> Measurement:
         # within minutes, and whichever tool ran first would otherwise read from the disk.
         os.sync()
         _read_through(files)
-        cpu0, t0 = _cpu_seconds(), time.perf_counter()
+        cores0, cpu0, t0 = _core_seconds(), _cpu_seconds(), time.perf_counter()
         counts = run(files, out)
         result.seconds.append(time.perf_counter() - t0)
+        cores1 = _core_seconds()
+        if cores0 is not None and cores1 is not None:
+            result.idle_seconds.append(cores1[0] - cores0[0])
+            result.steal_seconds.append(cores1[1] - cores0[1])
         _reap_workers()
         result.cpu_seconds.append(_cpu_seconds() - cpu0)
         result.counts = dict(counts)

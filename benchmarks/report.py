@@ -26,6 +26,7 @@ def tool_label(tool: str, workers: int) -> str:
         "fast-n": f"airflow-pseudo fast path, {workers} workers",
         "fast-split": f"airflow-pseudo fast path, {workers} processes on fixed shares",
         "fast-1-nosync": "airflow-pseudo fast path, 1 worker, durability none (no sync)",
+        "fast-n-nosync": f"airflow-pseudo fast path, {workers} workers, durability none (no sync)",
         "reference": "airflow-pseudo reference engine, 1 worker",
         "roundtrip": "pydicom dcmread + save_as, no changes",
         "copy": "plain file copy (shutil.copyfile)",
@@ -207,6 +208,46 @@ def split_line(results: Mapping[tuple[str, str], Measurement], workers: int) -> 
     )
 
 
+def write_back_line(
+    results: Mapping[tuple[str, str], Measurement], workers: int, cores: int
+) -> str | None:
+    """The N-worker row without its sync, and what the synced rows left to the machine.
+
+    Without a sync, the disk writes of both rows fall after their timed runs: the ratio is what
+    N workers give the work itself. With it, one worker's writes are done while a core is idle,
+    and N workers' on the cores they need: steal (the hypervisor's own threads, which do this
+    guest's disk writes) and idle time show where that goes.
+    """
+    ratio = paired_ratio(results.get(("ct", "fast-n-nosync")), results.get(("ct", "fast-1-nosync")))
+    if math.isnan(ratio):
+        return None
+    line = (
+        f"- Context for the {workers}-worker target: without syncing (durability none in both "
+        f"rows, so that their disk writes fall after the timed run), {workers} workers did "
+        f"{ratio:.2f}x one worker (paired medians)."
+    )
+    pool, alone = results.get(("ct", "fast-n")), results.get(("ct", BASELINE))
+    steal = [core_share(m, "steal_seconds", cores) for m in (pool, alone)]
+    idle = [core_share(m, "idle_seconds", cores) for m in (pool, alone)]
+    if not any(math.isnan(share) for share in steal + idle):
+        line += (
+            f" With the sync, the hypervisor took {steal[0]:.1%} of the {cores} cores' time "
+            f"during the {workers}-worker runs (steal; {steal[1]:.1%} during the 1-worker runs), "
+            f"and the cores were idle {idle[0]:.1%} of it ({idle[1]:.1%})."
+        )
+    return line
+
+
+def core_share(m: Measurement | None, kind: str, cores: int) -> float:
+    """The median over runs of ``kind`` (``steal_seconds``, ``idle_seconds``) per core-second."""
+    if m is None or not _usable(m):
+        return math.nan
+    values = getattr(m, kind)
+    if len(values) != len(m.seconds):
+        return math.nan
+    return statistics.median(v / (s * cores) for v, s in zip(values, m.seconds, strict=True))
+
+
 def _mb(kb: int) -> str:
     return f"{kb / 1024:,.0f}"
 
@@ -316,6 +357,8 @@ def markdown(
     if ceilings:
         out.append(ceiling_line(ceilings, workers))
     if line := split_line(results, workers):
+        out.append(line)
+    if line := write_back_line(results, workers, machine.cores):
         out.append(line)
     if notes:
         out += ["", "## Notes", ""]

@@ -290,8 +290,10 @@ def _notes(
         "This project writes each output atomically (an unnamed or temporary file, then a hard "
         "link) and, by default (durability batch), syncs the file system once per chunk of 64 "
         "files before linking them, in a background thread while the next chunk is written; the "
-        "'durability none' row skips the sync, like the round trip, copy, PyMedPhys and dcmanon "
-        "rows, which neither sync nor write atomically.",
+        "'durability none' rows skip the sync, like the round trip, copy, PyMedPhys and dcmanon "
+        "rows, which neither sync nor write atomically; their disk writes happen after the "
+        "timed run (the kernel writes dirty pages back within 30 s, or at the next run's "
+        "untimed sync).",
         "The N-worker time includes starting the worker processes in every run (forked, as no "
         "other thread runs in the measuring process). Every timed run starts after an untimed "
         "os.sync() and an untimed read of the corpus, so no tool pays for write-back left by "

@@ -18,7 +18,7 @@ from airflow_pseudo.testing import write_ct_copies
 from benchmarks import ceiling, measure
 from benchmarks.ceiling import cpu_scaling
 from benchmarks.measure import Measurement
-from benchmarks.report import paired_ratio, split_line, targets
+from benchmarks.report import core_share, paired_ratio, split_line, targets, write_back_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +27,7 @@ EXPECTED_ROWS = (
     "airflow-pseudo fast path, 2 workers",
     "airflow-pseudo fast path, 2 processes on fixed shares",
     "airflow-pseudo fast path, 1 worker, durability none (no sync)",
+    "airflow-pseudo fast path, 2 workers, durability none (no sync)",
     "airflow-pseudo reference engine, 1 worker",
     "pydicom dcmread + save_as, no changes",
     "plain file copy (shutil.copyfile)",
@@ -87,6 +88,7 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
     assert "Python 3." in report
     assert "- Context for the 2-worker target: in the same rounds, a CPU-bound" in report
     assert "- Context for the 2-worker target: in the same rounds, a fixed split" in report
+    assert "- Context for the 2-worker target: without syncing" in report
 
 
 def test_the_cpu_ceiling_is_work_done_in_n_processes_over_one(
@@ -160,3 +162,43 @@ def test_the_split_line_compares_the_workers_with_the_split_round_by_round() -> 
     assert "did 1.82x one worker, and the 2 workers 88% of that split's rate" in line
     del results["ct", "fast-split"]
     assert split_line(results, workers=2) is None
+
+
+def test_each_timed_run_records_the_machines_idle_and_stolen_core_time(tmp_path: Path) -> None:
+    """Read from /proc/stat around the timed run: one value per run, never negative."""
+    files = [str(p) for p in write_ct_copies(tmp_path / "in", 3)]
+    spec = measure.Spec("fast-1", "ct", files, str(tmp_path / "out"), max_repeats=2)
+    m = measure.measure(spec)
+    assert m.counts == {"ok": 3, "engine:fast": 3}
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat here")
+    assert len(m.idle_seconds) == len(m.steal_seconds) == len(m.seconds) == 2
+    assert min(m.idle_seconds + m.steal_seconds) >= 0
+
+
+def test_the_write_back_line_gives_the_workers_without_sync_and_the_cores_time() -> None:
+    results = {
+        ("ct", "fast-1-nosync"): _measured("fast-1-nosync", [1.0, 2.0], [0, 1]),
+        ("ct", "fast-n-nosync"): _measured("fast-n-nosync", [0.55, 1.1], [0, 1]),  # 1.82x
+    }
+    line = write_back_line(results, workers=2, cores=2)
+    assert line is not None
+    assert "2 workers did 1.82x one worker (paired medians)." in line
+    assert "steal" not in line  # the synced rows are missing
+    # 2 cores for 0.5 s: 0.1 core-second stolen is 10 % of their time.
+    results["ct", "fast-n"] = _measured("fast-n", [0.5, 0.5], [0, 1])
+    results["ct", "fast-n"].steal_seconds = [0.1, 0.1]
+    results["ct", "fast-n"].idle_seconds = [0.05, 0.15]
+    results["ct", "fast-1"] = _measured("fast-1", [1.0, 1.0], [0, 1])
+    results["ct", "fast-1"].steal_seconds = [0.0, 0.0]
+    results["ct", "fast-1"].idle_seconds = [1.0, 1.0]
+    assert core_share(results["ct", "fast-n"], "steal_seconds", 2) == pytest.approx(0.1)
+    line = write_back_line(results, workers=2, cores=2)
+    assert line is not None
+    assert "the hypervisor took 10.0% of the 2 cores' time during the 2-worker runs" in line
+    assert (
+        "(steal; 0.0% during the 1-worker runs), and the cores were idle 10.0% of it (50.0%)"
+        in line
+    )
+    del results["ct", "fast-n-nosync"]
+    assert write_back_line(results, workers=2, cores=2) is None
