@@ -358,8 +358,8 @@ def _core_seconds() -> tuple[float, float] | None:
     """Idle (with waiting for the disk) and stolen time of all cores so far; None off Linux.
 
     Machine-wide: the time a tool leaves a core idle, and the time the hypervisor takes from
-    the cores (to run its own threads, among them the one doing this guest's disk writes), are
-    what a per-process CPU time cannot show.
+    the cores (for its own threads, those doing this guest's disk writes among them, or for
+    other guests), are what a per-process CPU time cannot show.
     """
     try:
         with open("/proc/stat") as stat:

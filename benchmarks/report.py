@@ -215,8 +215,8 @@ def write_back_line(
 
     Without a sync, the disk writes of both rows fall after their timed runs: the ratio is what
     N workers give the work itself. With it, one worker's writes are done while a core is idle,
-    and N workers' on the cores they need: steal (the hypervisor's own threads, which do this
-    guest's disk writes) and idle time show where that goes.
+    and N workers' on the cores they need: steal (time the hypervisor gives to something else,
+    its own disk threads among them) and idle time show where that goes.
     """
     ratio = paired_ratio(results.get(("ct", "fast-n-nosync")), results.get(("ct", "fast-1-nosync")))
     if math.isnan(ratio):
