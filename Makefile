@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt setup.py airflow_pseudo/pseudonymisatio
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11) and "Python >= 3.11 is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[test,celery]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[test,celery,openlineage]'
 	touch $(STAMP)
 
 lint: venv
@@ -45,7 +45,7 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade "pip>=24"
-	.lock-venv/bin/python -m pip install --quiet '.[test,celery]'
+	.lock-venv/bin/python -m pip install --quiet '.[test,celery,openlineage]'
 	.lock-venv/bin/python -m pip freeze --exclude airflow-pseudo --exclude pip > constraints.txt
 	rm -rf .lock-venv
 
