@@ -25,7 +25,31 @@ os.environ.update(
 )
 os.environ.pop("AIRFLOW_PSEUDO_KEY", None)
 
+import shutil  # noqa: E402
+
 import pytest  # noqa: E402
+
+REQUIRE_TOOLS = os.environ.get("AIRFLOW_PSEUDO_REQUIRE_TOOLS", "").strip().lower() in {
+    "1",
+    "true",
+    "yes",
+}
+
+
+def require_tool(name: str, package: str) -> str:
+    """Return the path of an external program, or skip (fail in CI) when it is missing.
+
+    :param name: the program, e.g. ``dciodvfy``.
+    :param package: the Debian package that provides it, named in the message.
+    """
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package {package})"
+        if REQUIRE_TOOLS:
+            pytest.fail(message + "; AIRFLOW_PSEUDO_REQUIRE_TOOLS=1 requires it", pytrace=False)
+        pytest.skip(message + "; set AIRFLOW_PSEUDO_REQUIRE_TOOLS=1 to make this a failure")
+    return path
+
 
 TEST_KEY = b"airflow-pseudo test key, never use in production"
 
