@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
-from airflow_pseudo.operators.pseudonymise import flatten_records
+from airflow_pseudo.operators.pseudonymise import flatten_paths, flatten_records
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -56,6 +56,11 @@ class PublishOperator(BaseOperator):
     with the counts. The same counts go into the ``extra`` of an Asset event for each of the task's
     ``outlets``, and are the task's return value.
 
+    Beside the manifest, ``report.json`` and ``report.html`` (see :mod:`airflow_pseudo.report`)
+    show the run at a glance: counts, one row per file under a neutral name, quarantine reasons,
+    profile, key id and the duration of each task. The publish task's "De-identification report"
+    link opens the HTML page.
+
     Publishing is idempotent: a file already at the destination with the same size and SHA-256 is
     left alone (``unchanged``), so a retry does not copy twice. Only once everything is published
     are the processed inputs (the ``source`` of each record) moved to ``archive_dir``, keeping their
@@ -75,6 +80,10 @@ class PublishOperator(BaseOperator):
         (templated; the strings ``"true"``/``"false"`` are accepted)
     :param manifest_name: File name of the manifest. Defaults to ``manifest.jsonl``. (templated)
     :param conn_id: Airflow connection for the destination's object store, if not in the URI.
+    :param pseudo_conn_id: The ``pseudo`` connection the outputs were made with: the report
+        names its key id (a fingerprint, never the key). ``None`` leaves the key id out.
+    :param report_notes: Sentences about the run for the top of the report, e.g. how many
+        files were left for the next run. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -86,6 +95,7 @@ class PublishOperator(BaseOperator):
         "archive_dir",
         "manifest_name",
         "delete_inputs",
+        "report_notes",
     )
     ui_color = "#e8daef"
 
@@ -101,6 +111,8 @@ class PublishOperator(BaseOperator):
         delete_inputs: bool | str = False,
         manifest_name: str = "manifest.jsonl",
         conn_id: str | None = None,
+        pseudo_conn_id: str | None = "pseudo_default",
+        report_notes: Sequence[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,6 +125,8 @@ class PublishOperator(BaseOperator):
         self.delete_inputs = delete_inputs
         self.manifest_name = manifest_name
         self.conn_id = conn_id
+        self.pseudo_conn_id = pseudo_conn_id
+        self.report_notes = report_notes
 
     def _destination(self) -> ObjectStoragePath:
         if self.conn_id and not isinstance(self.destination, ObjectStoragePath):
@@ -208,11 +222,13 @@ class PublishOperator(BaseOperator):
             manifest_path,
         )
 
+        _, report_html = self._write_report(context, manifest, by_source, counts)
         extra: dict[str, Any] = {
             "files": len(manifest),
             **counts,
             "destination": str(destination),
             "manifest": str(manifest_path),
+            "report": str(report_html),
         }
         outlet_events = context.get("outlet_events") if context else None
         if outlet_events is not None:
@@ -221,6 +237,59 @@ class PublishOperator(BaseOperator):
 
         archived = self._archive_inputs(list(by_source), manifest)
         return {**extra, "archived": archived, "run_id": summary["run_id"]}
+
+    def _write_report(
+        self,
+        context: Context,
+        manifest: list[dict[str, Any]],
+        by_source: dict[str, dict[str, Any]],
+        counts: dict[str, int],
+    ) -> tuple[Any, Any]:
+        """Write ``report.json`` and ``report.html`` beside the manifest; return their paths."""
+        from airflow_pseudo.report import build_report, write_report
+        from airflow_pseudo.report.model import files_by_batch, steps_with_files
+
+        files = []
+        for entry in manifest:
+            pseudo = by_source.get(entry["source"], {})
+            files.append({**pseudo, **entry, "output": pseudo.get("output")})
+        ti = context.get("ti") if context else None
+        dag_id = getattr(context.get("dag"), "dag_id", None) if context else None
+        run_id = context.get("run_id") if context else None
+        steps: list[dict[str, Any]] = []
+        if ti is not None and dag_id and run_id and hasattr(ti, "get_task_breadcrumbs"):
+            handled = {
+                **files_by_batch("PseudonymiseOperator", self.pseudonymise_results),
+                **files_by_batch("ValidateOperator", self.results),
+            }
+            steps = steps_with_files(ti.get_task_breadcrumbs(dag_id, run_id), handled)
+        report = build_report(
+            files,
+            counts=counts,
+            steps=steps,
+            key_id=self._key_id(files),
+            run={"dag_id": dag_id, "run_id": run_id},
+            notes=[str(n) for n in flatten_paths(self.report_notes)],
+        )
+        json_path, html_path = write_report(report, self._destination())
+        self.log.info("Wrote the run report %s", html_path)
+        return json_path, html_path
+
+    def _key_id(self, files: list[dict[str, Any]]) -> str | None:
+        """Return the key's fingerprint: from the records, else from the ``pseudo`` connection."""
+        recorded = {f["key_id"] for f in files if f.get("key_id")}
+        if recorded:
+            return ", ".join(sorted(recorded))
+        if not self.pseudo_conn_id:
+            return None
+        from airflow_pseudo.hooks.pseudo import PseudoHook
+        from airflow_pseudo.pseudonymisation import ConfigurationError
+
+        try:
+            return PseudoHook(pseudo_conn_id=self.pseudo_conn_id).get_key().key_id
+        except (AirflowNotFoundException, ConfigurationError):
+            self.log.info("No key in connection %r: the report has no key id", self.pseudo_conn_id)
+            return None
 
     def _archive_inputs(self, sources: list[str], manifest: list[dict[str, Any]]) -> int:
         """Move (or delete) processed inputs; return how many were handled."""

@@ -160,3 +160,40 @@ def test_nothing_archived_when_publish_fails(tmp_path: Path, run: dict[str, Any]
     with pytest.raises(AirflowFailException, match="missing"):
         _publish(tmp_path, run, archive_dir=str(tmp_path / "archive")).execute({})  # type: ignore[arg-type]
     assert all(Path(r["source"]).exists() for r in run["pseudo"])
+
+
+def test_writes_the_run_report_beside_the_manifest(
+    tmp_path: Path, run: dict[str, Any], key_bytes: bytes
+):
+    """report.json and report.html hold the counts, a row per file and the key id, no name."""
+    from airflow_pseudo.pseudonymisation import PseudonymKey
+    from airflow_pseudo.testing import FakePatient
+
+    outlet_events = OutletEvents()
+    result = _publish(tmp_path, run).execute(
+        {"outlet_events": outlet_events, "run_id": "r1"}  # type: ignore[typeddict-item]
+    )
+    published = tmp_path / "published"
+    report = json.loads((published / "report.json").read_text())
+    assert report["counts"] == {
+        "files": 5, "published": 4, "unchanged": 0, "failed": 0, "skipped": 0, "quarantined": 1,
+    }  # fmt: skip
+    assert sorted(row["status"] for row in report["files"]) == ["published"] * 4 + ["quarantined"]
+    assert report["key_id"] == PseudonymKey.from_text(key_bytes.decode()).key_id
+    assert report["run"]["run_id"] == "r1"
+    assert len(report["quarantine_reasons"]) == 1
+    assert result["report"] == str(ObjectStoragePath(f"file://{published}/report.html"))
+    assert outlet_events[ASSET].extra["report"] == result["report"]
+
+    html = (published / "report.html").read_text()
+    originals = [Path(r["source"]) for r in run["pseudo"]]
+    forbidden = {p.name for p in originals} | {p.stem for p in originals} | {str(run["staging"])}
+    forbidden |= {v for n in (1, 2) for v in FakePatient.for_number(n).planted_values()}
+    for text in (html, json.dumps(report)):
+        leaked = sorted(value for value in forbidden if value in text)
+        assert leaked == []
+
+
+def test_report_without_a_connection_has_no_key_id(tmp_path: Path, run: dict[str, Any]):
+    _publish(tmp_path, run, pseudo_conn_id=None).execute({})  # type: ignore[arg-type]
+    assert json.loads((tmp_path / "published" / "report.json").read_text())["key_id"] is None
