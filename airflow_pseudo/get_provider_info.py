@@ -54,6 +54,31 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_pseudo.triggers.directory"],
             }
         ],
+        "extra-links": ["airflow_pseudo.report.link.ReportLink"],
+        "plugins": [
+            {
+                "name": "airflow_pseudo_reports",
+                "plugin-class": "airflow_pseudo.report.plugin.ReportPlugin",
+            }
+        ],
+        "config": {
+            "pseudo": {
+                "description": "Options of the airflow-pseudo provider.",
+                "options": {
+                    "reports_root": {
+                        "description": (
+                            "Folder the API server serves run reports from (the publish "
+                            "destinations of the DAGs). Unset: $AIRFLOW_PSEUDO_DATA_DIR/published, "
+                            "else $AIRFLOW_HOME/pseudo-data/published."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/data/pseudo/published",
+                        "default": None,
+                    }
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "pseudo",

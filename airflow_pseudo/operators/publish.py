@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from airflow_pseudo.operators.pseudonymise import flatten_paths, flatten_records
+from airflow_pseudo.report.link import ReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -98,6 +100,7 @@ class PublishOperator(BaseOperator):
         "report_notes",
     )
     ui_color = "#e8daef"
+    operator_extra_links = (ReportLink(),)
 
     def __init__(
         self,
@@ -146,6 +149,7 @@ class PublishOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Publish, write the manifest, record the Asset event, then archive the inputs."""
+        started = time.monotonic()
         validations = flatten_records(self.results)
         by_source = {r["source"]: r for r in flatten_records(self.pseudonymise_results)}
         for record in validations:
@@ -222,7 +226,7 @@ class PublishOperator(BaseOperator):
             manifest_path,
         )
 
-        _, report_html = self._write_report(context, manifest, by_source, counts)
+        _, report_html = self._write_report(context, manifest, by_source, counts, started)
         extra: dict[str, Any] = {
             "files": len(manifest),
             **counts,
@@ -244,6 +248,7 @@ class PublishOperator(BaseOperator):
         manifest: list[dict[str, Any]],
         by_source: dict[str, dict[str, Any]],
         counts: dict[str, int],
+        started: float,
     ) -> tuple[Any, Any]:
         """Write ``report.json`` and ``report.html`` beside the manifest; return their paths."""
         from airflow_pseudo.report import build_report, write_report
@@ -263,6 +268,16 @@ class PublishOperator(BaseOperator):
                 **files_by_batch("ValidateOperator", self.results),
             }
             steps = steps_with_files(ti.get_task_breadcrumbs(dag_id, run_id), handled)
+        steps.append(
+            {
+                "task_id": self.task_id,
+                "map_index": -1,
+                "operator": type(self).__name__,
+                "state": "running",
+                "seconds": time.monotonic() - started,
+                "files": len(manifest),
+            }
+        )
         report = build_report(
             files,
             counts=counts,

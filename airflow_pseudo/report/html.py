@@ -38,7 +38,7 @@ def _text(value: Any) -> str:
     return "" if value is None else escape(str(value))
 
 
-def _status_chart(counts: Mapping[str, int], width: int = 520) -> str:
+def _status_chart(counts: Mapping[str, int], width: int = 620) -> str:
     """Return a stacked bar of the files by status, with a legend."""
     total = sum(counts.get(status, 0) for status in _STATUS_ORDER)
     parts = []

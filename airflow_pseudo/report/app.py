@@ -1,0 +1,89 @@
+"""Serve run reports on Airflow's API server, from the configured reports folder only.
+
+:class:`~airflow_pseudo.report.plugin.ReportPlugin` mounts this app at
+:data:`URL_PREFIX`. A request names a report by its path relative to the reports root
+(``[pseudo] reports_root``); only files called ``report.html`` or ``report.json`` that resolve
+inside that root are served, so neither ``..`` nor a symbolic link reaches any other file. On the
+API server the caller must be logged in to Airflow and allowed to read DAG runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from airflow_pseudo.report.model import REPORT_HTML, REPORT_JSON
+
+#: Where the plugin mounts the app on the API server.
+URL_PREFIX = "/pseudo-reports"
+_SERVED_NAMES = {REPORT_HTML: "text/html; charset=utf-8", REPORT_JSON: "application/json"}
+
+
+def reports_root() -> Path:
+    """Return the folder reports are served from: ``[pseudo] reports_root``.
+
+    Unset, it is the example DAGs' publish folder: ``$AIRFLOW_PSEUDO_DATA_DIR/published``, or
+    ``$AIRFLOW_HOME/pseudo-data/published``.
+    """
+    from airflow.sdk import conf
+
+    configured = conf.get("pseudo", "reports_root", fallback=None)
+    if configured:
+        return Path(configured)
+    data = os.environ.get("AIRFLOW_PSEUDO_DATA_DIR") or os.path.join(
+        os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"), "pseudo-data"
+    )
+    return Path(data) / "published"
+
+
+def resolve_report(root: Path, relative: str) -> Path | None:
+    """Return the report file `relative` names inside `root`, or ``None`` if it may not be served.
+
+    :param root: the reports root.
+    :param relative: the path from the URL, relative to `root`.
+    """
+    if not relative or "\0" in relative or os.path.isabs(relative):
+        return None
+    base = root.resolve()
+    candidate = (base / relative).resolve()
+    if not candidate.is_relative_to(base) or candidate.name not in _SERVED_NAMES:
+        return None
+    return candidate if candidate.is_file() else None
+
+
+def create_app(root: str | os.PathLike[str] | None = None, *, require_login: bool = True) -> Any:
+    """Return the FastAPI app that serves reports.
+
+    :param root: the reports root; defaults to :func:`reports_root`, read per request.
+    :param require_login: require an Airflow user allowed to read DAG runs (the API server's
+        authentication). ``False`` only where nothing else can reach the app, as in tests.
+    """
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.responses import FileResponse
+
+    dependencies = []
+    if require_login:
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+        from airflow.api_fastapi.core_api.security import requires_access_dag
+
+        dependencies.append(Depends(requires_access_dag("GET", DagAccessEntity.RUN)))
+
+    app = FastAPI(title="airflow-pseudo run reports", docs_url=None, redoc_url=None)
+
+    @app.get("/files/{relative:path}", dependencies=dependencies)
+    def report_file(relative: str) -> FileResponse:
+        """Return one report file from under the reports root."""
+        found = resolve_report(Path(root) if root is not None else reports_root(), relative)
+        if found is None:
+            raise HTTPException(status_code=404, detail="No such report")
+        return FileResponse(
+            found,
+            media_type=_SERVED_NAMES[found.name],
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    return app
