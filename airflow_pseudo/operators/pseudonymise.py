@@ -242,6 +242,7 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
         output_dir = self.output_dir or self._default_output_dir(context, anchor)
         quarantine_dir = self.quarantine_dir or f"{output_dir.rstrip('/')}-quarantine"
 
+        self._lineage_folders = ([anchor], [output_dir, quarantine_dir])
         settings = self.build_settings()
         self.log.info(
             "Pseudonymising %s into %s (strategy %s, profile %s, %d worker(s))",
@@ -297,6 +298,13 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
                 f"max_failed_files={max_failed}; see quarantine {quarantine_dir}"
             )
         return records
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Report the input folder and the output and quarantine folders to OpenLineage."""
+        from airflow_pseudo.lineage import folder_lineage
+
+        inputs, outputs = getattr(self, "_lineage_folders", ([], []))
+        return folder_lineage(inputs, outputs)
 
 
 def count_statuses(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

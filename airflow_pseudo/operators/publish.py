@@ -239,6 +239,7 @@ class PublishOperator(BaseOperator):
             for outlet in self.outlets or []:
                 outlet_events[outlet].extra = extra
 
+        self._lineage_folders = ([output_root], [destination, self.archive_dir])
         archived = self._archive_inputs(list(by_source), manifest)
         return {**extra, "archived": archived, "run_id": summary["run_id"]}
 
@@ -305,6 +306,13 @@ class PublishOperator(BaseOperator):
         except (AirflowNotFoundException, ConfigurationError):
             self.log.info("No key in connection %r: the report has no key id", self.pseudo_conn_id)
             return None
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Report the pseudonymised folder and the destination (and archive) to OpenLineage."""
+        from airflow_pseudo.lineage import folder_lineage
+
+        inputs, outputs = getattr(self, "_lineage_folders", ([], []))
+        return folder_lineage(inputs, outputs)
 
     def _archive_inputs(self, sources: list[str], manifest: list[dict[str, Any]]) -> int:
         """Move (or delete) processed inputs; return how many were handled."""
