@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Also ``[project.urls] Documentation`` in pyproject.toml, which Airflow shows on its providers page.
+DOCUMENTATION_URL = "https://github.com/airflow-pseudo/airflow-pseudo/blob/main/docs/provider.md"
+
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider metadata for ``airflow-pseudo``."""
     return {
         "package-name": "airflow-pseudo",
+        "documentation-url": DOCUMENTATION_URL,
         "name": "DICOM pseudonymisation",
         "description": (
             "Pseudonymise DICOM files with a keyed strategy, validate the outputs and publish "
@@ -22,7 +26,7 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {
                 "integration-name": "DICOM pseudonymisation",
-                "external-doc-url": "https://github.com/airflow-pseudo/airflow-pseudo#readme",
+                "external-doc-url": DOCUMENTATION_URL,
                 "tags": ["software"],
             }
         ],
@@ -85,7 +89,8 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_pseudo.hooks.pseudo.PseudoHook",
                 "hook-name": "DICOM pseudonymisation key",
                 "ui-field-behaviour": {
-                    "hidden-fields": ["host", "schema", "port", "login"],
+                    # Every option has its own field below; a raw JSON box would compete with them.
+                    "hidden-fields": ["host", "schema", "port", "login", "extra"],
                     "relabeling": {"password": "Pseudonymisation key"},
                     "placeholders": {
                         "password": "Secret key, at least 16 bytes (will be masked)",
@@ -94,39 +99,48 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": {
                     "strategy": {
                         "label": "Strategy",
-                        "description": "'keyed' (HMAC with the key, default) or 'pymedphys'.",
+                        "description": (
+                            "keyed: HMAC with the key (default). pymedphys: PyMedPhys-compatible "
+                            "values from its config.toml."
+                        ),
                         "schema": {
                             "type": ["string", "null"],
-                            "enum": ["keyed", "pymedphys", None],
+                            "enum": ["keyed", "pymedphys"],
                             "default": "keyed",
                         },
                     },
                     "profile": {
                         "label": "Profile",
-                        "description": "'default' or 'pymedphys'.",
-                        "schema": {
-                            "type": ["string", "null"],
-                            "enum": ["default", "pymedphys", None],
-                            "default": "default",
-                        },
+                        "description": (
+                            "De-identification profile: 'default' or 'pymedphys'; see "
+                            "'airflow-pseudo explain' and docs/profiles.md."
+                        ),
+                        "schema": {"type": ["string", "null"], "default": "default"},
                     },
                     "uid_root": {
                         "label": "UID root",
-                        "description": "Organisation UID root; empty for the 2.25 form.",
-                        "schema": {"type": ["string", "null"]},
+                        "description": (
+                            "Your organisation's UID root for new UIDs; empty for the 2.25. form."
+                        ),
+                        "schema": {"type": ["string", "null"], "default": None},
                     },
                     "date_shift_min_days": {
                         "label": "Date shift, minimum days",
+                        "description": "Each patient's dates move by a keyed number of days.",
                         "schema": {"type": ["integer", "null"], "default": -3650},
                     },
                     "date_shift_max_days": {
                         "label": "Date shift, maximum days",
+                        "description": "Upper end of the per-patient date shift (inclusive).",
                         "schema": {"type": ["integer", "null"], "default": -366},
                     },
                     "pymedphys_config": {
                         "label": "PyMedPhys config.toml path",
-                        "description": "Pepper and epoch jitter for the 'pymedphys' strategy.",
-                        "schema": {"type": ["string", "null"]},
+                        "description": (
+                            "Pepper and epoch jitter for the 'pymedphys' strategy, readable on "
+                            "the workers."
+                        ),
+                        "schema": {"type": ["string", "null"], "default": None},
                     },
                 },
             }

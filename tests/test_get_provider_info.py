@@ -122,3 +122,89 @@ def test_connection_form_is_declarative():
     } <= set(widgets)
     assert "password" not in behaviours["pseudo"]["hidden_fields"]
     assert behaviours["pseudo"]["relabeling"]["password"] == "Pseudonymisation key"
+
+
+#: Every extra PseudoHook reads, as the connection form must offer it.
+HOOK_EXTRAS = (
+    "strategy",
+    "profile",
+    "uid_root",
+    "date_shift_min_days",
+    "date_shift_max_days",
+    "pymedphys_config",
+)
+
+
+def test_every_extra_has_a_field_with_a_default():
+    """Each extra the hook reads has its own field, a default and a JSON-schema type."""
+    (connection,) = get_provider_info()["connection-types"]
+    fields = connection["conn-fields"]
+    assert set(fields) == set(HOOK_EXTRAS)
+    for name, field in fields.items():
+        assert field["label"], name
+        assert field["description"], name
+        assert "default" in field["schema"], name
+        assert "null" in field["schema"]["type"], name  # blank means "use the default"
+        if "enum" in field["schema"]:
+            assert field["schema"]["default"] in field["schema"]["enum"], name
+    assert "extra" in connection["ui-field-behaviour"]["hidden-fields"]
+
+
+def test_hook_reads_every_field():
+    """A value typed in each field reaches the hook's settings."""
+    from airflow.sdk import Connection
+
+    from airflow_pseudo.hooks.pseudo import PseudoHook
+
+    values = {
+        "strategy": "keyed",
+        "profile": "pymedphys",
+        "uid_root": "1.2.826.0.1.1234",
+        "date_shift_min_days": -20,
+        "date_shift_max_days": -10,
+        "pymedphys_config": "/etc/pymedphys.toml",
+    }
+    hook = PseudoHook()
+    hook.__dict__["connection"] = Connection(
+        conn_id="pseudo_default", conn_type="pseudo", extra=json.dumps(values)
+    )
+    extras = hook.get_extras()
+    assert extras["date_shift_days"] == (-20, -10)
+    assert {k: extras[k] for k in ("strategy", "profile", "uid_root", "pymedphys_config")} == {
+        k: values[k] for k in ("strategy", "profile", "uid_root", "pymedphys_config")
+    }
+
+
+def test_documentation_url_matches_the_distribution_metadata():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    url = get_provider_info()["documentation-url"]
+    assert pyproject["project"]["urls"]["Documentation"] == url
+    assert url.endswith("docs/provider.md")
+    assert (Path(__file__).parents[1] / "docs" / "provider.md").is_file()
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_ui_form_offers_every_extra_with_its_default(monkeypatch: pytest.MonkeyPatch):
+    """The API behind the connection form lists each extra with its default value."""
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "provider-info-tests-" * 4)
+    from airflow.api_fastapi.app import create_app, get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    client = TestClient(create_app())
+    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="u", role="admin"))
+    response = client.get(
+        "/ui/connections/hook_meta", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200, response.text
+    (pseudo,) = [h for h in response.json() if h["connection_type"] == "pseudo"]
+    fields = pseudo["extra_fields"]
+    assert set(fields) == set(HOOK_EXTRAS)
+    assert fields["strategy"]["value"] == "keyed"
+    assert fields["strategy"]["schema"]["enum"] == ["keyed", "pymedphys"]
+    assert fields["profile"]["value"] == "default"
+    assert fields["date_shift_min_days"]["value"] == -3650
+    assert pseudo["standard_fields"]["password"]["title"] == "Pseudonymisation key"

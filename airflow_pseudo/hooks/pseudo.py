@@ -129,10 +129,21 @@ class PseudoHook(BaseHook):
         return settings
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check that the connection yields usable settings; never reveal the key."""
+        """Check the key (present, long enough) and then the profile; never reveal the key.
+
+        The UI's Test button calls this on the API server, so a key given only to the workers
+        (``$AIRFLOW_PSEUDO_KEY``) is reported missing there.
+        """
+        from airflow_pseudo.pseudonymisation.keys import MINIMUM_KEY_BYTES
+
         try:
             settings = self.get_settings()
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
-        key_id = settings.key.key_id if settings.key is not None else "none"
-        return True, f"Settings OK: strategy {settings.strategy}, key id {key_id}"
+        if settings.key is None:
+            key = "no key (the pymedphys strategy uses its config)"
+        else:
+            key = f"key of at least {MINIMUM_KEY_BYTES} bytes, key id {settings.key.key_id}"
+        return True, (
+            f"Settings OK: {key}; profile {settings.profile} loads; strategy {settings.strategy}"
+        )

@@ -156,3 +156,27 @@ def test_connection_attributes():
     assert PseudoHook.conn_name_attr == "pseudo_conn_id"
     assert "get_connection_form_widgets" not in PseudoHook.__dict__
     assert "get_ui_field_behaviour" not in PseudoHook.__dict__
+
+
+class TestTestConnectionChecks:
+    """The UI's Test button: the key's length, then the profile, each named in the message."""
+
+    def test_short_key(self, monkeypatch: pytest.MonkeyPatch):
+        monkeypatch.setenv(CONN_VAR, _conn("too short"))
+        ok, message = PseudoHook().test_connection()
+        assert not ok
+        assert "shorter than 16 bytes" in message
+        assert "too short" not in message
+
+    def test_unknown_profile(self, monkeypatch: pytest.MonkeyPatch, key_bytes: bytes):
+        monkeypatch.setenv(CONN_VAR, _conn(key_bytes.decode(), profile="no-such-profile"))
+        ok, message = PseudoHook().test_connection()
+        assert not ok
+        assert "profile" in message
+
+    def test_names_what_it_checked(self, monkeypatch: pytest.MonkeyPatch, key_bytes: bytes):
+        monkeypatch.setenv(CONN_VAR, _conn(key_bytes.decode(), profile="pymedphys"))
+        ok, message = PseudoHook().test_connection()
+        assert ok, message
+        assert "key of at least 16 bytes" in message
+        assert "profile pymedphys loads" in message
