@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Also ``[project.urls] Documentation`` in pyproject.toml, which Airflow shows on its providers page.
+#: Also ``[project.urls] Documentation`` in pyproject.toml, shown on Airflow's providers page.
 DOCUMENTATION_URL = "https://github.com/airflow-pseudo/airflow-pseudo/blob/main/docs/provider.md"
 
 

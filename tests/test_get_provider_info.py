@@ -196,9 +196,7 @@ def test_ui_form_offers_every_extra_with_its_default(monkeypatch: pytest.MonkeyP
 
     client = TestClient(create_app())
     token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="u", role="admin"))
-    response = client.get(
-        "/ui/connections/hook_meta", headers={"Authorization": f"Bearer {token}"}
-    )
+    response = client.get("/ui/connections/hook_meta", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.text
     (pseudo,) = [h for h in response.json() if h["connection_type"] == "pseudo"]
     fields = pseudo["extra_fields"]

@@ -17,14 +17,16 @@ if TYPE_CHECKING:
 
 class DirectorySensor(BaseSensorOperator):
     """
-    Wait until a folder holds settled files matching a glob pattern, and return them.
+    Wait until a folder holds settled files matching a glob pattern, and return how many.
 
     A file counts once it is non-empty and its modification time is at least ``settle_seconds``
     old, so files still being copied are never picked up. Hidden files and ``*.part`` / ``*.tmp``
     names are ignored. With ``marker``, nothing is reported until that file exists in the folder
     (e.g. a ``_SUCCESS`` file the producer writes last). The sensor succeeds once at least
-    ``min_files`` files are settled, and its XCom ``return_value`` is the sorted list of their
-    absolute paths (capped at ``max_files``), ready to feed a
+    ``min_files`` files are settled. Its XCom ``return_value`` is their number (capped at
+    ``max_files``): file and folder names may carry patient names, and XCom is stored in the
+    metadata database and shown in the UI, so the next task lists the folder itself. With
+    ``return_files=True`` it is the sorted list of their absolute paths instead, ready to feed a
     :class:`~airflow_pseudo.operators.pseudonymise.PseudonymiseOperator` or a mapped task.
 
     ``poke`` has no side effects, so the sensor works in ``poke`` and ``reschedule`` mode, and with
@@ -41,9 +43,8 @@ class DirectorySensor(BaseSensorOperator):
         (templated)
     :param max_files: Return at most this many files (the oldest names first, sorted); the rest
         wait for the next run. Defaults to ``None`` (no cap). (templated)
-    :param return_files: Push the list of paths to XCom (the default). With ``False`` only their
-        count is pushed: file and folder names may carry patient names, and XCom is stored in
-        the metadata database and shown in the UI; the next task lists the folder itself.
+    :param return_files: Push the list of paths to XCom instead of their count. Defaults to
+        ``False``: names may carry patient names; ask for them only where names are neutral.
     :param deferrable: Wait on the triggerer instead of a worker. Defaults to
         ``[operators] default_deferrable``.
     """
@@ -67,7 +68,7 @@ class DirectorySensor(BaseSensorOperator):
         min_files: int | str = 1,
         marker: str | None = None,
         max_files: int | str | None = None,
-        return_files: bool = True,
+        return_files: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
@@ -96,7 +97,7 @@ class DirectorySensor(BaseSensorOperator):
         }
 
     def poke(self, context: Context) -> PokeReturnValue:
-        """Return whether enough settled files exist, with their paths as the XCom value."""
+        """Return whether enough settled files exist, with their count (or paths) as XCom."""
         from airflow_pseudo.pseudonymisation.incoming import find_settled_files
 
         args = self._listing_args()

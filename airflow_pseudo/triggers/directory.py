@@ -15,8 +15,10 @@ class DirectoryTrigger(BaseTrigger):
 
     Each check lists the folder with
     :func:`~airflow_pseudo.pseudonymisation.incoming.find_settled_files` in a worker thread, so a
-    slow (e.g. network) file system never blocks the triggerer's event loop. The trigger yields one
-    event and stops: ``{"status": "success", "files": [...]}``, or
+    slow (e.g. network) file system never blocks the triggerer's event loop; the listing module is
+    imported in that thread too, as importing it loads pydicom. This module imports only the
+    standard library and Airflow's trigger base. The trigger yields one event and stops:
+    ``{"status": "success", "count": n}`` (or ``"files": [...]`` with ``return_files``), or
     ``{"status": "error", "message": ...}`` if listing raised.
 
     :param folder: The folder to watch.
@@ -25,9 +27,9 @@ class DirectoryTrigger(BaseTrigger):
     :param min_files: Minimum number of settled files. Defaults to ``1``.
     :param marker: Name of a file that must exist in ``folder`` first. Defaults to ``None``.
     :param poke_interval: Seconds between checks. Defaults to ``30``.
-    :param return_files: Put the paths in the event (the default). With ``False`` the event holds
-        only ``"count"``: event payloads are stored in the metadata database, and file names may
-        carry patient names.
+    :param return_files: Put the paths in the event instead of their count. Defaults to ``False``:
+        event payloads are stored in the metadata database, and file names may carry patient
+        names.
     """
 
     def __init__(
@@ -39,7 +41,7 @@ class DirectoryTrigger(BaseTrigger):
         min_files: int = 1,
         marker: str | None = None,
         poke_interval: float = 30.0,
-        return_files: bool = True,
+        return_files: bool = False,
     ) -> None:
         super().__init__()
         self.folder = folder
@@ -65,20 +67,23 @@ class DirectoryTrigger(BaseTrigger):
             },
         )
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Check the folder every ``poke_interval`` seconds until settled files are found."""
+    def _list_settled(self) -> list[str]:
+        """List the settled files; runs in a worker thread, where importing pydicom is harmless."""
         from airflow_pseudo.pseudonymisation.incoming import find_settled_files
 
+        return find_settled_files(
+            self.folder,
+            self.pattern,
+            settle_seconds=self.settle_seconds,
+            min_files=self.min_files,
+            marker=self.marker,
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Check the folder every ``poke_interval`` seconds until settled files are found."""
         while True:
             try:
-                files = await asyncio.to_thread(
-                    find_settled_files,
-                    self.folder,
-                    self.pattern,
-                    settle_seconds=self.settle_seconds,
-                    min_files=self.min_files,
-                    marker=self.marker,
-                )
+                files = await asyncio.to_thread(self._list_settled)
             except Exception as exc:
                 yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
                 return

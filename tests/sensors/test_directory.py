@@ -38,6 +38,8 @@ class _FirstTry:
 
 
 def _sensor(folder: Path, **kwargs: Any) -> DirectorySensor:
+    """A sensor that returns the paths, which most tests here check (the default is a count)."""
+    kwargs.setdefault("return_files", True)
     kwargs.setdefault("settle_seconds", 60)
     kwargs.setdefault("poke_interval", 0.01)
     return DirectorySensor(task_id="wait", folder=str(folder), **kwargs)
@@ -51,6 +53,13 @@ class TestPoke:
         assert isinstance(result, PokeReturnValue)
         assert result.is_done
         assert result.xcom_value == [str(a)]
+
+    def test_pushes_only_the_count_by_default(self, tmp_path: Path):
+        """File names may carry PHI: unless asked, XCom gets the number of files only."""
+        _old_file(tmp_path / "Doe^Jane" / "MRN123.dcm")
+        sensor = DirectorySensor(task_id="wait", folder=str(tmp_path), settle_seconds=60)
+        assert sensor.return_files is False
+        assert sensor.poke({}).xcom_value == 1  # type: ignore[arg-type]
 
     def test_not_done_when_empty(self, tmp_path: Path):
         """An empty folder is not done."""
@@ -198,7 +207,7 @@ def _serialize(dag: Any) -> None:
 @pytest.mark.usefixtures("airflow_db")
 def test_all_three_modes_under_dag_test(tmp_path: Path):
     """Under dag.test(), a poke, a reschedule and a deferrable sensor each meet a file that is
-    still being written, wait for it to settle, and return the folder's files as their XCom."""
+    still being written, wait for it to settle, and return the number of files as their XCom."""
     from airflow.sdk import DAG, task
 
     settle = 1.5
@@ -237,5 +246,4 @@ def test_all_three_modes_under_dag_test(tmp_path: Path):
     for name in ("poke", "reschedule", "deferrable"):
         ti = dr.get_task_instance(f"wait_{name}")
         assert ti.state == "success", name
-        expected = [str(tmp_path / name / "a.dcm"), str(tmp_path / name / "b.dcm")]
-        assert ti.xcom_pull(task_ids=f"wait_{name}") == expected
+        assert ti.xcom_pull(task_ids=f"wait_{name}") == 2  # the default: a count, no names

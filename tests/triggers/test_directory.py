@@ -56,7 +56,7 @@ class TestDirectoryTrigger:
                 "min_files": 3,
                 "marker": "_SUCCESS",
                 "poke_interval": 7.0,
-                "return_files": True,
+                "return_files": False,
             },
         )
 
@@ -72,12 +72,19 @@ class TestDirectoryTrigger:
             DirectoryTrigger(folder="/in", poll_interval=5)  # type: ignore[call-arg]
 
     def test_fires_with_settled_files(self, tmp_path: Path):
-        """With settled files present, one success event carries their paths."""
+        """With settled files present, one success event carries their paths when asked."""
         a = _old_file(tmp_path / "a.dcm")
         b = _old_file(tmp_path / "s" / "b.dcm")
-        trigger = DirectoryTrigger(folder=str(tmp_path), settle_seconds=60)
+        trigger = DirectoryTrigger(folder=str(tmp_path), settle_seconds=60, return_files=True)
         event = asyncio.run(_first_event(trigger))
         assert event == TriggerEvent({"status": "success", "files": sorted([str(a), str(b)])})
+
+    def test_event_holds_only_the_count_by_default(self, tmp_path: Path):
+        """Names may carry PHI and events are stored in the metadata DB: by default, a count."""
+        _old_file(tmp_path / "Doe^Jane.dcm")
+        _old_file(tmp_path / "s" / "b.dcm")
+        event = asyncio.run(_first_event(DirectoryTrigger(folder=str(tmp_path))))
+        assert event == TriggerEvent({"status": "success", "count": 2})
 
     def test_stops_after_one_event(self, tmp_path: Path):
         """run() yields one event and then returns."""
@@ -104,7 +111,9 @@ class TestDirectoryTrigger:
         """The trigger polls until a file settles, then fires."""
         path = tmp_path / "a.dcm"
         path.write_bytes(b"DICM")
-        trigger = DirectoryTrigger(folder=str(tmp_path), settle_seconds=0.3, poke_interval=0.05)
+        trigger = DirectoryTrigger(
+            folder=str(tmp_path), settle_seconds=0.3, poke_interval=0.05, return_files=True
+        )
 
         async def first() -> TriggerEvent:
             return await asyncio.wait_for(anext(trigger.run()), timeout=10)
@@ -132,7 +141,8 @@ class TestDirectoryTrigger:
                     ticks += 1
 
             tick_task = asyncio.create_task(ticker())
-            event = await asyncio.wait_for(anext(DirectoryTrigger(folder="/in").run()), timeout=10)
+            trigger = DirectoryTrigger(folder="/in", return_files=True)
+            event = await asyncio.wait_for(anext(trigger.run()), timeout=10)
             tick_task.cancel()
             return event, ticks
 
@@ -154,3 +164,32 @@ class TestDirectoryTrigger:
             event = asyncio.run(_first_event(DirectoryTrigger(folder=str(tmp_path))))
         assert event is not None
         assert event.payload == {"status": "error", "message": "PermissionError: denied"}
+
+
+def test_pydicom_is_imported_off_the_event_loop(tmp_path: Path):
+    """The trigger module is light; the listing (and its pydicom import) runs in a thread."""
+    import subprocess
+    import sys
+    import textwrap
+
+    _old_file(tmp_path / "a.dcm")
+    code = textwrap.dedent(
+        f"""
+        import asyncio, sys, threading
+        import airflow_pseudo.triggers.directory as module
+        assert "pydicom" not in sys.modules, "imported with the trigger module"
+        threads = []
+        def audit(event, args):
+            if event == "import" and args[0] == "pydicom":
+                threads.append(threading.current_thread().name)
+        sys.addaudithook(audit)
+        async def main():
+            return await anext(module.DirectoryTrigger(folder={str(tmp_path)!r}).run())
+        event = asyncio.run(main())
+        print(event.payload, threads, threading.main_thread().name)
+        assert threads and threading.main_thread().name not in threads, threads
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "{'status': 'success', 'count': 1}" in proc.stdout
