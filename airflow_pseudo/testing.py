@@ -1,9 +1,13 @@
 """Generated DICOM with fake PHI, for the demo, the test suite and the benchmarks.
 
 Every instance is built from a file bundled with pydicom (nothing is downloaded) and given new
-UIDs and invented patient details that are derived deterministically from a few small numbers.
-The same arguments therefore always give the same bytes, and :meth:`FakePatient.planted_values`
-says exactly which strings a leak scanner must never find once the data has been pseudonymised.
+UIDs and invented patient details derived from a few small numbers and a *seed*. The patient
+details depend on the numbers only; the UIDs depend on the seed too. :func:`write_corpus` and
+:func:`write_ct_copies` draw a fresh seed on every call, so two corpora never share a UID (as two
+real exports would not); pass ``seed=`` to get the same bytes again. :func:`make_instance` builds
+one instance and takes the seed of its corpus (a fixed one by default), so separate calls with
+the same seed make instances of one study. :meth:`FakePatient.planted_values` says exactly which
+strings a leak scanner must never find once the data has been pseudonymised.
 
 All names, numbers and addresses are invented; phone numbers use the UK range reserved for drama.
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +31,12 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 __all__ = [
+    "DEFAULT_SEED",
     "TEMPLATES",
     "FakePatient",
     "main",
     "make_instance",
+    "new_seed",
     "write_corpus",
     "write_ct_copies",
 ]
@@ -212,9 +219,18 @@ class FakePatient:
         ]
 
 
-def _uid(*parts: object) -> UID:
-    """Return a UID that depends only on `parts`, so regenerated data is byte-identical."""
-    return generate_uid(entropy_srcs=[_UID_NAMESPACE, *(str(part) for part in parts)])
+#: The seed of :func:`make_instance` when none is given.
+DEFAULT_SEED = "default"
+
+
+def new_seed() -> str:
+    """Return a fresh random seed: the UIDs of a corpus made with it are new."""
+    return secrets.token_hex(8)
+
+
+def _uid(seed: str, *parts: object) -> UID:
+    """Return a UID that depends only on `seed` and `parts`: the same seed gives the same bytes."""
+    return generate_uid(entropy_srcs=[_UID_NAMESPACE, seed, *(str(part) for part in parts)])
 
 
 def _study_start(patient: int, study: int) -> datetime.datetime:
@@ -327,12 +343,13 @@ def make_instance(
     series: int = 1,
     instance: int = 1,
     with_phi: bool = True,
+    seed: str = DEFAULT_SEED,
 ) -> Dataset:
     """Return a bundled template re-identified as one instance of a generated study.
 
-    UIDs depend only on the numbers (and the template, for series and instances), so instances
-    of one study share StudyInstanceUID and FrameOfReferenceUID and instances of one series share
-    SeriesInstanceUID. A frame of reference is only given to templates that have one.
+    UIDs depend only on the seed and the numbers (and the template, for series and instances),
+    so instances of one study share StudyInstanceUID and FrameOfReferenceUID and instances of one
+    series share SeriesInstanceUID. A frame of reference is only given to templates that have one.
 
     :param template: a key of :data:`TEMPLATES`.
     :param patient: patient number; selects the :class:`FakePatient`.
@@ -341,11 +358,12 @@ def make_instance(
     :param instance: instance number within the series.
     :param with_phi: plant the patient's fake PHI; if false only the UIDs change and the
         template's own (already fictitious) demographics stay.
+    :param seed: the corpus's seed; the same seed and numbers give the same UIDs.
     """
     ds = _read_template(template)
-    study_uid = _uid("study", patient, study)
-    series_uid = _uid("series", patient, study, series, template)
-    sop_uid = _uid("instance", patient, study, series, instance, template)
+    study_uid = _uid(seed, "study", patient, study)
+    series_uid = _uid(seed, "series", patient, study, series, template)
+    sop_uid = _uid(seed, "instance", patient, study, series, instance, template)
     new = {
         ds.StudyInstanceUID: study_uid,
         ds.SeriesInstanceUID: series_uid,
@@ -354,8 +372,8 @@ def make_instance(
     _replace_uids(
         ds,
         new,
-        frame_of_reference=_uid("frame-of-reference", patient, study),
-        other=lambda old: _uid("reference", patient, study, old),
+        frame_of_reference=_uid(seed, "frame-of-reference", patient, study),
+        other=lambda old: _uid(seed, "reference", patient, study, old),
     )
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
@@ -393,6 +411,7 @@ def write_corpus(
     instances_per_series: int = 2,
     templates: Sequence[str] = ("ct", "mr"),
     with_phi: bool = True,
+    seed: str | None = None,
 ) -> list[Path]:
     """Write a small multi-patient corpus into `directory` and return the sorted file paths.
 
@@ -406,7 +425,10 @@ def write_corpus(
     :param instances_per_series: instances in each series.
     :param templates: keys of :data:`TEMPLATES`.
     :param with_phi: plant fake PHI (see :func:`make_instance`).
+    :param seed: the UIDs' seed: the same seed gives the same bytes. Defaults to a fresh one, so
+        every call makes new UIDs.
     """
+    seed = new_seed() if seed is None else seed
     if not templates:
         raise ValueError("templates must name at least one template")
     unknown = sorted(set(templates) - TEMPLATES.keys())
@@ -429,22 +451,29 @@ def write_corpus(
                         series=series,
                         instance=instance,
                         with_phi=with_phi,
+                        seed=seed,
                     )
                     path = root / _file_name(patient, study, series, instance)
                     written.append(_write(ds, path))
     return sorted(written)
 
 
-def write_ct_copies(directory: str | os.PathLike[str], count: int) -> list[Path]:
+def write_ct_copies(
+    directory: str | os.PathLike[str], count: int, *, seed: str | None = None
+) -> list[Path]:
     """Write `count` CT_small.dcm instances of one series of one patient: the benchmark corpus.
 
     :param directory: created if missing.
     :param count: number of instances.
+    :param seed: the UIDs' seed; defaults to a fresh one (see :func:`write_corpus`).
     """
+    seed = new_seed() if seed is None else seed
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     written = [
-        _write(make_instance("ct", instance=instance), root / _file_name(1, 1, 1, instance))
+        _write(
+            make_instance("ct", instance=instance, seed=seed), root / _file_name(1, 1, 1, instance)
+        )
         for instance in range(1, count + 1)
     ]
     return sorted(written)
@@ -467,6 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated templates, cycled per series (ct,mr); from {','.join(TEMPLATES)}",
     )
     parser.add_argument("--no-phi", action="store_true", help="do not plant fake PHI")
+    parser.add_argument(
+        "--seed", help="seed of the UIDs, to write the same files again (default: a new one)"
+    )
     args = parser.parse_args(argv)
     templates = [name.strip() for name in args.templates.split(",") if name.strip()]
     unknown = sorted(set(templates) - TEMPLATES.keys())
@@ -480,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         instances_per_series=args.instances,
         templates=templates,
         with_phi=not args.no_phi,
+        seed=args.seed,
     )
     print(f"wrote {len(paths)} files to {args.output_dir}")
     return 0

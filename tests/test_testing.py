@@ -149,6 +149,13 @@ class TestUids:
             make_instance("sr", patient=4, study=2)
         )
 
+    def test_seed_changes_every_uid(self):
+        """Another seed gives other UIDs for the same numbers; the patient stays the same."""
+        first, second = make_instance("ct", seed="a"), make_instance("ct", seed="b")
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            assert first[keyword].value != second[keyword].value
+        assert first.PatientName == second.PatientName
+
     def test_rt_objects_share_the_study_frame_of_reference(self):
         """An RT structure set references the frame of reference of the images it contours."""
         ct = make_instance("ct", patient=2, series=1)
@@ -259,12 +266,30 @@ class TestWriteCorpus:
         modalities = [pydicom.dcmread(p).Modality for p in paths]
         assert modalities == ["CT", "RTPLAN", "OT", "CT"]
 
-    def test_deterministic(self, tmp_path: Path):
-        """Two runs give the same names and the same bytes."""
-        first = write_corpus(tmp_path / "a", templates=("ct", "mr", "sr"))
-        second = write_corpus(tmp_path / "b", templates=("ct", "mr", "sr"))
+    def test_deterministic_with_a_seed(self, tmp_path: Path):
+        """Two runs with the same seed give the same names and the same bytes."""
+        first = write_corpus(tmp_path / "a", templates=("ct", "mr", "sr"), seed="s1")
+        second = write_corpus(tmp_path / "b", templates=("ct", "mr", "sr"), seed="s1")
         assert [p.name for p in first] == [p.name for p in second]
         assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+    def test_new_uids_on_every_call(self, tmp_path: Path):
+        """Without a seed, two corpora share no UID (as two real exports would not)."""
+
+        def uids(paths: list[Path]) -> set[str]:
+            found: set[str] = set()
+            for path in paths:
+                ds = pydicom.dcmread(path)
+                found |= {ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID}
+            return found
+
+        first = write_corpus(tmp_path / "a", patients=1)
+        second = write_corpus(tmp_path / "b", patients=1)
+        assert [p.name for p in first] == [p.name for p in second]
+        assert uids(first).isdisjoint(uids(second))
+        third = write_ct_copies(tmp_path / "c", 2)
+        fourth = write_ct_copies(tmp_path / "d", 2)
+        assert uids(third).isdisjoint(uids(fourth))
 
     def test_unknown_template_writes_nothing(self, tmp_path: Path):
         with pytest.raises(ValueError, match="unknown templates"):
