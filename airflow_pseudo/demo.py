@@ -171,6 +171,7 @@ def print_report(dag_run: Any, data_dir: Path) -> None:
     console.print(
         "                   (one JSON line per input with its published name, then a summary)"
     )
+    console.print(f"  run report       {_relative(str(destination / 'report.html'), here)}")
     console.print(f"  archived inputs  {_relative(str(data_dir / 'archive' / run_id), here)}/")
     quarantine = data_dir / "work" / "quarantine" / run_id
     if quarantine.exists():
