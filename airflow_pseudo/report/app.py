@@ -1,7 +1,8 @@
 """Serve run reports on Airflow's API server, from the configured reports folder only.
 
 :class:`~airflow_pseudo.report.plugin.ReportPlugin` mounts this app at
-:data:`URL_PREFIX`. A request names a report by its path relative to the reports root
+:data:`URL_PREFIX`. ``/runs/<dag_id>/<run_id>`` redirects to a run's report (the UI's view on a
+DAG run). ``/files/<path>`` names a report by its path relative to the reports root
 (``[pseudo] reports_root``); only files called ``report.html`` or ``report.json`` that resolve
 inside that root are served, so neither ``..`` nor a symbolic link reaches any other file. On the
 API server the caller must be logged in to Airflow and allowed to read DAG runs.
@@ -52,6 +53,31 @@ def resolve_report(root: Path, relative: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def find_run_report_link(dag_id: str, run_id: str) -> str | None:
+    """Return the report link the run's publish task stored, or ``None`` (API server only).
+
+    :param dag_id: the DAG.
+    :param run_id: the DAG run.
+    """
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from airflow_pseudo.report.link import ReportLink
+
+    query = select(XComModel).where(
+        XComModel.dag_id == dag_id,
+        XComModel.run_id == run_id,
+        XComModel.key == ReportLink().xcom_key,
+    )
+    with create_session() as session:
+        for row in session.scalars(query):
+            link = XComModel.deserialize_value(row)
+            if isinstance(link, str) and link:
+                return link
+    return None
+
+
 def create_app(root: str | os.PathLike[str] | None = None, *, require_login: bool = True) -> Any:
     """Return the FastAPI app that serves reports.
 
@@ -60,7 +86,7 @@ def create_app(root: str | os.PathLike[str] | None = None, *, require_login: boo
         authentication). ``False`` only where nothing else can reach the app, as in tests.
     """
     from fastapi import Depends, FastAPI, HTTPException
-    from fastapi.responses import FileResponse
+    from fastapi.responses import FileResponse, RedirectResponse
 
     dependencies = []
     if require_login:
@@ -85,5 +111,13 @@ def create_app(root: str | os.PathLike[str] | None = None, *, require_login: boo
                 "X-Content-Type-Options": "nosniff",
             },
         )
+
+    @app.get("/runs/{dag_id}/{run_id}", dependencies=dependencies)
+    def run_report(dag_id: str, run_id: str) -> RedirectResponse:
+        """Redirect to the report of a DAG run: the UI's view on the run."""
+        link = find_run_report_link(dag_id, run_id)
+        if link is None:
+            raise HTTPException(status_code=404, detail="This run has no report")
+        return RedirectResponse(link, status_code=307)
 
     return app

@@ -192,3 +192,22 @@ def test_report_has_step_durations(finished_run: dict[str, Any]):
     assert steps["pseudonymise"]["seconds"] > 0
     assert steps["pseudonymise"]["files_per_second"] > 0
     assert report["run"] == {"dag_id": "report_in_browser", "run_id": finished_run["run_id"]}
+
+
+@pytest.mark.slow
+def test_dag_run_view_redirects_to_the_report(finished_run: dict[str, Any]):
+    """The plugin's view on a DAG run finds the run's report through the publish task's link."""
+    from fastapi.testclient import TestClient
+
+    from airflow_pseudo.report.app import create_app
+    from airflow_pseudo.report.plugin import ReportPlugin
+
+    (view,) = ReportPlugin.external_views
+    assert view["destination"] == "dag_run"
+    href = view["href"].replace("{DAG_ID}", "report_in_browser")
+    href = href.replace("{RUN_ID}", finished_run["run_id"]).removeprefix("/pseudo-reports")
+    client = TestClient(create_app(finished_run["root"], require_login=False))
+    response = client.get(href, follow_redirects=False)
+    assert response.status_code == 307
+    assert response.headers["location"] == finished_run["link"]
+    assert client.get("/runs/report_in_browser/no-such-run").status_code == 404
