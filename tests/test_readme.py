@@ -115,3 +115,16 @@ def test_license_and_notice():
     notice = (REPO / "NOTICE").read_text()
     for attribution in ("innolitics", "MIT", "PyMedPhys", "dcm_qa_nih", "Chris Rorden"):
         assert attribution in notice
+
+
+def test_license_files_reach_the_wheel_build():
+    """pyproject names LICENSE and NOTICE; the image's build context must hold them."""
+    import tomllib
+
+    names = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license-files"]
+    ignore = (REPO / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    for name in names:
+        assert (REPO / name).is_file()
+        assert f"!{name}" in ignore
+        assert re.search(rf"^COPY [^\n]*\b{name}\b", dockerfile, flags=re.MULTILINE)
