@@ -24,6 +24,8 @@ def report_url(report: str, *, dag_id: str, root: Path | None = None) -> str:
     """
     from airflow.sdk import conf
 
+    if "://" in report and not report.startswith("file://"):
+        return ""  # on an object store: the API server serves local reports only
     path = Path(report.removeprefix("file://")).resolve()
     base = (root or reports_root()).resolve()
     if not path.is_relative_to(base):
