@@ -48,6 +48,27 @@ FULL_EXTRA = {
 }
 
 
+# JavaScript run in the page: find an element, give its centre for a real click, read the form.
+_CENTRE = "(e => { const r = e.getBoundingClientRect(); return [r.x+r.width/2, r.y+r.height/2]; })"
+_ROW = "[...document.querySelectorAll('tr')].find(r => r.innerText.includes('CONN_ID'))"
+_EDIT = 'button[aria-label="Edit Connection"]'
+_EXTRA_TRIGGER = (
+    "[...document.querySelectorAll('[role=dialog] button')]"
+    ".find(b => b.innerText.trim() === 'Extra Fields')"
+)
+_READ_EXTRA_FIELDS = f"""(() => {{
+    const trigger = {_EXTRA_TRIGGER};
+    const panel = trigger && document.getElementById(trigger.getAttribute('aria-controls'));
+    if (!panel || panel.hidden) return null;
+    const labels = [...panel.querySelectorAll('label')].map(l => l.innerText.trim());
+    const inputs = Object.fromEntries(
+        [...panel.querySelectorAll('[id^=element_]')].map(e => [e.id.slice(8), e.value])
+    );
+    const values = [...panel.querySelectorAll('input')].map(e => e.value);
+    return labels.length ? {{labels, inputs, values}} : null;
+}})()"""
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -152,22 +173,10 @@ async def _edit_form(base_url: str, conn_id: str, profile: Path) -> dict[str, An
             await call("Emulation.setDeviceMetricsOverride", width=1400, height=2400,
                        deviceScaleFactor=1, mobile=False)  # fmt: skip
             await call("Page.navigate", url=f"{base_url}/connections")
-            row = f"[...document.querySelectorAll('tr')].find(r => r.innerText.includes('{conn_id}'))"
-            centre = "(e => { const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })"
-            edit = await until(f"{centre}({row}.querySelector('button[aria-label=\"Edit Connection\"]'))")  # noqa: E501
-            await click(*edit)
-            extra = await until(f"{centre}([...document.querySelectorAll('[role=dialog] button')].find(b => b.innerText.trim() === 'Extra Fields'))")  # noqa: E501
-            await click(*extra)
-            fields = await until(
-                "(() => { const d = document.querySelector('[role=dialog]');"
-                " const t = [...d.querySelectorAll('button')].find(b => b.innerText.trim() === 'Extra Fields');"  # noqa: E501
-                " const panel = document.getElementById(t.getAttribute('aria-controls'));"
-                " if (!panel || panel.hidden) return null;"
-                " const labels = [...panel.querySelectorAll('label')].map(l => l.innerText.trim());"
-                " const inputs = Object.fromEntries([...panel.querySelectorAll('[id^=element_]')].map(e => [e.id.slice(8), e.value ?? e.innerText]));"  # noqa: E501
-                " const values = [...panel.querySelectorAll('input')].map(e => e.value);"
-                " return labels.length ? {labels, inputs, values} : null; })()"
-            )
+            row = _ROW.replace("CONN_ID", conn_id)
+            await click(*await until(f"{_CENTRE}({row}.querySelector({_EDIT!r}))"))
+            await click(*await until(f"{_CENTRE}({_EXTRA_TRIGGER})"))
+            fields = await until(_READ_EXTRA_FIELDS)
             shot = await call("Page.captureScreenshot", format="png")
             fields["screenshot"] = base64.b64decode(shot["data"])
             return dict(fields)
