@@ -89,6 +89,7 @@ def _wait_for(url: str, seconds: float) -> None:
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Run Airflow's API server with two ``pseudo`` connections; yield its base URL."""
+    require_tool("chromium", "chromium")  # before spending half a minute on the server
     home = tmp_path_factory.mktemp("ui-home")
     port = _free_port()
     env = {
