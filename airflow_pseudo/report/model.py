@@ -206,7 +206,7 @@ def steps_with_files(
     """
     steps = []
     for crumb in breadcrumbs:
-        map_index = int(crumb.get("map_index", -1) if crumb.get("map_index") is not None else -1)
+        map_index = -1 if crumb.get("map_index") is None else int(crumb["map_index"])
         operator = str(crumb.get("operator") or "")
         steps.append(
             {
