@@ -1,0 +1,1 @@
+"""De-identification policy: profiles, rules and the standard's tables they are built from."""

@@ -1,0 +1,1 @@
+"""Tables generated from the DICOM standard and from reviewed sources, read by the policy."""
