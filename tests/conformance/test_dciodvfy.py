@@ -2,7 +2,7 @@
 
 Every file of pydicom's test data (bundled and pydicom-data) and of deid-data that the
 pseudonymiser accepts is pseudonymised with the default profile; dciodvfy checks input and
-output against their IOD. Messages are compared once values, UIDs and positions are taken out,
+output against their IOD (inputs dciodvfy cannot read at all are left out). Messages are compared once values, UIDs and positions are taken out,
 so an error only counts when pseudonymisation introduced it (a Type 2 attribute removed, a
 reference broken...).
 """
@@ -25,6 +25,7 @@ from .conftest import KEY, policy_landed
 _VALUE = re.compile(r"= <[^>]*>")
 _INDEX = re.compile(r"\[\d+\]")
 _UID = re.compile(r"\d+(?:\.\d+){2,}")
+UNREADABLE = "Error - Dicom dataset read failed"
 _UNKNOWN_TAG = re.compile(r"\(0x[0-9a-f]{4},0x[0-9a-f]{4}\)\s+\?")
 
 
@@ -89,10 +90,18 @@ def test_outputs_have_no_dciodvfy_error_their_inputs_did_not_have(
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         checked = list(pool.map(errors_of, pairs))
+    # dciodvfy cannot read some inputs (deflated transfer syntax): its messages about them are
+    # noise from a misread stream, so they are not compared.
+    compared = [
+        (source, input_errors, output_errors)
+        for (source, _), (input_errors, output_errors) in zip(pairs, checked, strict=True)
+        if UNREADABLE not in input_errors
+    ]
+    assert len(compared) >= len(pairs) - 5
     introduced = {
         source.name: sorted(output_errors - input_errors)
-        for (source, _), (input_errors, output_errors) in zip(pairs, checked, strict=True)
+        for source, input_errors, output_errors in compared
         if output_errors - input_errors
     }
     count = sum(len(errors) for errors in introduced.values())
-    assert not introduced, f"{count} new errors in {len(introduced)} of {len(pairs)} outputs"
+    assert not introduced, f"{count} new errors in {len(introduced)} of {len(compared)} outputs"
