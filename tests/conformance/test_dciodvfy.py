@@ -2,9 +2,9 @@
 
 Every file of pydicom's test data (bundled and pydicom-data) and of deid-data that the
 pseudonymiser accepts is pseudonymised with the default profile; dciodvfy checks input and
-output against their IOD (inputs dciodvfy cannot read at all are left out). Messages are compared once values, UIDs and positions are taken out,
-so an error only counts when pseudonymisation introduced it (a Type 2 attribute removed, a
-reference broken...).
+output against their IOD (inputs dciodvfy cannot read at all are left out). Messages are
+compared once values, UIDs and positions are taken out, so an error only counts when
+pseudonymisation introduced it (a Type 2 attribute removed, a reference broken...).
 """
 
 from __future__ import annotations
