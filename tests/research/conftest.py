@@ -1,4 +1,4 @@
-"""Run dcm2niix on a folder and compare what it makes: NIfTI voxels, bval/bvec, BIDS sidecars."""
+"""dcm2niix on a folder and a comparison of what it makes: NIfTI voxels, bval/bvec, sidecars."""
 
 from __future__ import annotations
 
@@ -9,8 +9,22 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from airflow_pseudo.pseudonymisation import ConfigurationError, PseudonymKey, Settings
+from tests.conftest import require_tool
+
+KEY = PseudonymKey(b"airflow-pseudo research test key, not for production")
+MR_VENDOR = Path(__file__).resolve().parent.parent / "data" / "mr-vendor"
+SERIES = {
+    "GE": MR_VENDOR / "dcm_qa_nih" / "GE" / "mr_0004",
+    "Siemens": MR_VENDOR / "dcm_qa_nih" / "Siemens" / "mr_0003",
+    "Philips": MR_VENDOR / "dcm_qa_philips_dwi" / "cl",
+}
 
 # Sidecar fields that identify the subject, the site, the device or the instance, or that
 # record the de-identification itself: they may differ between input and output.
@@ -158,3 +172,21 @@ def compare(before: dict[str, Volume], after: dict[str, Volume]) -> Comparison:
             elif other.sidecar[field] != value:
                 result.changed_fields.add(field)
     return result
+
+
+def profile_available(name: str) -> bool:
+    """Whether this version of the policy ships a profile of that name."""
+    try:
+        Settings(key=KEY, profile=name).check()
+    except ConfigurationError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def dcm2niix() -> str:
+    """The dcm2niix program: the PyPI package's, beside this Python, else from the PATH."""
+    beside = Path(sys.executable).parent / "dcm2niix"
+    if beside.exists():
+        return str(beside)
+    return require_tool("dcm2niix", "dcm2niix")
