@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from airflow_pseudo.pseudonymisation import ConfigurationError, PseudonymKey, Settings
@@ -139,6 +140,7 @@ class Comparison:
     different_gradients: list[str] = dataclasses.field(default_factory=list)
     lost_fields: set[str] = dataclasses.field(default_factory=set)
     changed_fields: set[str] = dataclasses.field(default_factory=set)
+    cleaned_fields: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def faithful(self) -> bool:
@@ -152,8 +154,14 @@ class Comparison:
         )
 
 
-def compare(before: dict[str, Volume], after: dict[str, Volume]) -> Comparison:
-    """Compare conversions; identity fields may differ, nothing else may."""
+def compare(
+    before: dict[str, Volume], after: dict[str, Volume], identifiers: frozenset[str] = frozenset()
+) -> Comparison:
+    """Compare conversions; identity fields may differ, nothing else may.
+
+    :param identifiers: the subject's own identifiers (name components, ID), lower case: a text
+        field of the input that holds one of them may be cleaned (listed as ``cleaned_fields``).
+    """
     result = Comparison(volumes=len(before))
     for name, volume in before.items():
         other = after.get(name)
@@ -170,7 +178,11 @@ def compare(before: dict[str, Volume], after: dict[str, Volume]) -> Comparison:
             if field not in other.sidecar:
                 result.lost_fields.add(field)
             elif other.sidecar[field] != value:
-                result.changed_fields.add(field)
+                text = str(value).lower()
+                if any(identifier in text for identifier in identifiers):
+                    result.cleaned_fields.add(field)
+                else:
+                    result.changed_fields.add(field)
     return result
 
 
@@ -190,3 +202,14 @@ def dcm2niix() -> str:
     if beside.exists():
         return str(beside)
     return require_tool("dcm2niix", "dcm2niix")
+
+
+def subject_identifiers(folder: Path) -> frozenset[str]:
+    """Return the patient name components and ID of a series, lower case, for ``compare``."""
+    first = pydicom.dcmread(sorted(folder.iterdir())[0], stop_before_pixels=True)
+    name = first.get("PatientName")
+    parts = [str(part) for part in (name.components if name else ())]
+    words = {word for part in parts for word in part.replace("^", " ").split()}
+    return frozenset(
+        word.lower() for word in (*words, str(first.get("PatientID", ""))) if len(word) > 2
+    )
