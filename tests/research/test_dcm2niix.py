@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.dataset import Dataset
 
 from airflow_pseudo.pseudonymisation import Settings, pseudonymise_files
+from airflow_pseudo.pseudonymisation.policy.private import safe_private_attribute
 
 from .conftest import KEY, SERIES, compare, convert, profile_available, stage, subject_identifiers
 
@@ -49,6 +52,37 @@ def test_research_output_converts_to_the_same_data(
     assert not result.different_gradients
     assert not result.lost_fields, f"acquisition fields lost: {sorted(result.lost_fields)}"
     assert not result.changed_fields, f"fields changed: {sorted(result.changed_fields)}"
+
+
+def _keep_only_safe_private(ds: Dataset) -> None:
+    """Remove, at every depth, each private element the safe private dictionary does not list."""
+    for element in list(ds):
+        tag = element.tag
+        if tag.is_private and not tag.is_private_creator:
+            creator_tag = (tag.group << 16) | (tag.element >> 8)
+            creator = str(ds[creator_tag].value) if creator_tag in ds else ""
+            if safe_private_attribute(creator, tag.group, tag.element & 0xFF) is None:
+                del ds[tag]
+                continue
+        if element.VR == "SQ":
+            for item in element.value:
+                _keep_only_safe_private(item)
+
+
+@pytest.mark.parametrize("vendor", sorted(SERIES))
+def test_safe_private_dictionary_keeps_everything_dcm2niix_reads(
+    vendor: str, dcm2niix: str, tmp_path: Path
+) -> None:
+    staged = stage(SERIES[vendor], tmp_path / "in")
+    stripped = tmp_path / "safe-private-only"
+    stripped.mkdir()
+    for path in staged.iterdir():
+        ds = pydicom.dcmread(path)
+        _keep_only_safe_private(ds)
+        ds.save_as(stripped / path.name)
+    before = convert(dcm2niix, staged, tmp_path / "nifti-in")
+    result = compare(before, convert(dcm2niix, stripped, tmp_path / "nifti-out"))
+    assert result.faithful, result
 
 
 def test_comparison_sees_a_lost_field_and_a_changed_volume(dcm2niix: str, tmp_path: Path) -> None:

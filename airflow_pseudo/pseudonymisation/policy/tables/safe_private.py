@@ -6,7 +6,8 @@ creator's block, VR, name, source). A row is added only with a source:
 - ``PS3.15 Table E.3.10-1``: the standard's sample list of private attributes thought safe.
 - ``dcm2niix (measured): ...``: vendor MR acquisition attributes that dcm2niix reads; removing
   the attribute from the series in ``tests/data/mr-vendor`` changes dcm2niix's NIfTI or BIDS
-  sidecar (the fields named).
+  sidecar (the fields named); ``tests/research`` checks that keeping only these rows keeps
+  dcm2niix's output identical.
 - ``dcm2niix (source): ...``: read by dcm2niix (``console/nii_dicom.cpp``) for the field named,
   but absent from the test series.
 
@@ -317,4 +318,62 @@ SAFE_PRIVATE_ROWS: tuple[tuple[str, int, int, str, str, str], ...] = (
     ("GEMS_PARM_01", 0x0043, 0xB2, "LO", "Table Position", "dcm2niix (measured): TablePosition"),
     ("GEMS_PARM_01", 0x0043, 0xA3, "CS", "ASL Contrast Technique", "dcm2niix (source): ASL"),
     ("GEMS_PARM_01", 0x0043, 0xA5, "IS", "ASL Label Duration", "dcm2niix (source): ASL"),
+    # Philips MR: as read by dcm2niix.
+    (
+        "Philips Imaging DD 001",
+        0x2001,
+        0x22,
+        "FL",
+        "Water Fat Shift",
+        "dcm2niix (measured): WaterFatShift, EstimatedEffectiveEchoSpacing,"
+        " EstimatedTotalReadoutTime",
+    ),
+    (
+        "Philips MR Imaging DD 005",
+        0x2005,
+        0x0F,
+        "SQ",
+        "Private Per-Frame Sequence (standard MR attributes of each frame)",
+        "dcm2niix (measured): SequenceName, ParallelReductionFactorInPlane,"
+        " PartialFourierDirection,"
+        " MTState, SpoilingState, FrequencyEncodingSteps",
+    ),
+    (
+        "Philips Imaging DD 001",
+        0x2001,
+        0x5F,
+        "SQ",
+        "Stack Sequence (geometry of each slice stack)",
+        "dcm2niix (measured): TablePosition",
+    ),
+    ("Philips MR Imaging DD 001", 0x2005, 0x71, "FL", "Stack Angulation AP", "dcm2niix (source)"),
+    ("Philips MR Imaging DD 001", 0x2005, 0x72, "FL", "Stack Angulation FH", "dcm2niix (source)"),
+    ("Philips MR Imaging DD 001", 0x2005, 0x73, "FL", "Stack Angulation RL", "dcm2niix (source)"),
+    ("Philips MR Imaging DD 001", 0x2005, 0x78, "FL", "Stack Offcentre AP", "dcm2niix (source)"),
+    ("Philips MR Imaging DD 001", 0x2005, 0x79, "FL", "Stack Offcentre FH", "dcm2niix (source)"),
+    ("Philips MR Imaging DD 001", 0x2005, 0x7A, "FL", "Stack Offcentre RL", "dcm2niix (source)"),
+    (
+        "Philips MR Imaging DD 005",
+        0x2005,
+        0x3C,
+        "FL",
+        "Stack Table Position, component 1",
+        "dcm2niix (measured): TablePosition",
+    ),
+    (
+        "Philips MR Imaging DD 005",
+        0x2005,
+        0x3D,
+        "FL",
+        "Stack Table Position, component 2",
+        "dcm2niix (measured): TablePosition",
+    ),
+    (
+        "Philips MR Imaging DD 005",
+        0x2005,
+        0x3E,
+        "FL",
+        "Stack Table Position, component 3",
+        "dcm2niix (measured): TablePosition",
+    ),
 )
