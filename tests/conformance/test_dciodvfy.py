@@ -25,6 +25,7 @@ from .conftest import KEY, policy_landed
 _VALUE = re.compile(r"= <[^>]*>")
 _INDEX = re.compile(r"\[\d+\]")
 _UID = re.compile(r"\d+(?:\.\d+){2,}")
+_AFTER_UID_NAME = re.compile(r"(UID\s+)\S+")
 UNREADABLE = "Error - Dicom dataset read failed"
 _UNKNOWN_TAG = re.compile(r"\(0x[0-9a-f]{4},0x[0-9a-f]{4}\)\s+\?")
 
@@ -34,6 +35,7 @@ def normalise(message: str) -> str:
     message = _VALUE.sub("= <>", message)
     message = _INDEX.sub("[]", message)
     message = _UID.sub("<uid>", message)
+    message = _AFTER_UID_NAME.sub(r"\1<uid>", message)  # an invalid UID such as "0"
     message = _UNKNOWN_TAG.sub("(?)", message)
     return " ".join(message.split())
 
@@ -53,6 +55,7 @@ def test_normalise_keeps_the_message_and_drops_values() -> None:
         "ReferencedSOPInstanceUID 2.25.9357208524007794824516166392870259181"
     )
     assert normalise(line).endswith("ReferencedSOPInstanceUID <uid>")
+    assert normalise(line[: line.rindex(" ")] + " 0") == normalise(line)
     assert normalise("Error - Value invalid - PN [3] = <Doe^John>") == (
         "Error - Value invalid - PN [] = <>"
     )
