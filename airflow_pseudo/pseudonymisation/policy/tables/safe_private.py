@@ -10,6 +10,8 @@ creator's block, VR, name, source). A row is added only with a source:
   dcm2niix's output identical.
 - ``dcm2niix (source): ...``: read by dcm2niix (``console/nii_dicom.cpp``) for the field named,
   but absent from the test series.
+- ``nibabel (documentation): ...``: the type and version of a Siemens CSA header, which nibabel's
+  description of the CSA format (``doc/source/dicom/siemens_csa.rst``) names beside the header.
 
 A row is left out when keeping it without its companions changes dcm2niix's output: Philips
 MR Imaging DD 005 (2005,xx12), the diffusion b-value number, reorders the volumes on its own.
@@ -126,6 +128,38 @@ SAFE_PRIVATE_ROWS: tuple[tuple[str, int, int, str, str, str], ...] = (
         "CSA Series Header Info",
         "dcm2niix (measured): BaseResolution, PhaseResolution, ParallelReductionFactorInPlane,"
         " CoilCombinationMethod, ReceiveCoilName, ShimSetting, TxRefAmp, PulseSequenceDetails",
+    ),
+    (
+        "SIEMENS CSA HEADER",
+        0x0029,
+        0x08,
+        "CS",
+        "CSA Image Header Type",
+        "nibabel (documentation): the format of the CSA header kept beside it",
+    ),
+    (
+        "SIEMENS CSA HEADER",
+        0x0029,
+        0x09,
+        "LO",
+        "CSA Image Header Version",
+        "nibabel (documentation): the format of the CSA header kept beside it",
+    ),
+    (
+        "SIEMENS CSA HEADER",
+        0x0029,
+        0x18,
+        "CS",
+        "CSA Series Header Type",
+        "nibabel (documentation): the format of the CSA header kept beside it",
+    ),
+    (
+        "SIEMENS CSA HEADER",
+        0x0029,
+        0x19,
+        "LO",
+        "CSA Series Header Version",
+        "nibabel (documentation): the format of the CSA header kept beside it",
     ),
     (
         "SIEMENS MR HEADER",
