@@ -35,7 +35,7 @@ from airflow_pseudo.pseudonymisation.errors import (
     UnsupportedInputError,
 )
 from airflow_pseudo.pseudonymisation.keys import KEY_ENV_VAR, PseudonymKey, load_key
-from airflow_pseudo.pseudonymisation.profiles import (
+from airflow_pseudo.pseudonymisation.policy.profile import (
     Action,
     Profile,
     default_profile,

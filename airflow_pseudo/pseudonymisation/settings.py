@@ -13,7 +13,7 @@ from typing import Literal
 from airflow_pseudo.pseudonymisation.engine import Pseudonymiser
 from airflow_pseudo.pseudonymisation.errors import ConfigurationError, MissingKeyError
 from airflow_pseudo.pseudonymisation.keys import HOW_TO_PROVIDE, PseudonymKey
-from airflow_pseudo.pseudonymisation.profiles import PROFILES
+from airflow_pseudo.pseudonymisation.policy.profile import PROFILES
 from airflow_pseudo.pseudonymisation.sources import KeyedSource, PseudonymSource, PyMedPhysSource
 
 STRATEGIES = ("keyed", "pymedphys")
