@@ -222,7 +222,7 @@ class Pseudonymiser:
         """
         rules: dict[BaseTag, Rule] = {}
         kept_blocks: set[tuple[int, int]] = set()
-        for tag in dataset.keys():
+        for tag in list(dataset.keys()):
             tag = BaseTag(tag)
             if not tag.is_private or tag.element < 0x1000:
                 continue
@@ -233,10 +233,10 @@ class Pseudonymiser:
             rules[tag] = rule
             if rule.action is not Action.REMOVE:
                 kept_blocks.add((tag.group, tag.element >> 8))
-        for tag in dataset.keys():
+        for tag in list(dataset.keys()):
             tag = BaseTag(tag)
             if tag.is_private and tag.element < 0x1000:
-                kept = 0x10 <= tag.element and (tag.group, tag.element) in kept_blocks
+                kept = tag.element >= 0x10 and (tag.group, tag.element) in kept_blocks
                 rules[tag] = PRIVATE_CREATOR if kept else self.profile.private_rule(None, tag)
         return rules
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 _TEXT_KEYWORDS = (
@@ -39,7 +40,7 @@ class InstanceIdentifiers:
         for element in dataset:
             if element.VR == "PN" and element.value:
                 for name in _values(element.value):
-                    found.update(_name_parts(PersonName(name)))
+                    found.update(_name_parts(PersonName(str(name))))
             elif element.VR in ("DA", "DT") and element.value:
                 for value in _values(element.value):
                     found.update(_date_forms(str(value)))
@@ -59,13 +60,9 @@ class InstanceIdentifiers:
 
 
 def _values(value: object) -> list[object]:
-    return (
-        list(value)
-        if isinstance(value, list | tuple)
-        or hasattr(value, "__iter__")
-        and not isinstance(value, str | bytes | PersonName)
-        else [value]
-    )
+    if isinstance(value, list | tuple | MultiValue):
+        return list(value)
+    return [value]
 
 
 def _name_parts(name: PersonName) -> set[str]:

@@ -79,7 +79,8 @@ class Option(StrEnum):
         """An option from its enum name, table column or title, case and separators ignored."""
         wanted = _normalise(name)
         for option in cls:
-            names = (option.name, option.value, option.meaning, option.meaning.removesuffix(" Option"))
+            meaning = option.meaning
+            names = (option.name, option.value, meaning, meaning.removesuffix(" Option"))
             if wanted in {_normalise(n) for n in names}:
                 return option
         raise ConfigurationError(f"unknown option {name!r}")
@@ -224,7 +225,8 @@ class Profile:
         """Rule per repeating group (every even group 5000-50FF and 6000-60FF)."""
         if not self.repeating_groups:
             return {}
-        return {g: REPEATING_GROUP for base in _REPEATING_GROUPS for g in range(base, base + 256, 2)}
+        groups = (g for base in _REPEATING_GROUPS for g in range(base, base + 0x100, 2))
+        return dict.fromkeys(groups, REPEATING_GROUP)
 
     @property
     def shifts_dates(self) -> bool:
@@ -292,11 +294,7 @@ class Profile:
             return PRIVATE
         if tag.element == 0 and tag.group != 0x0002:
             return GROUP_LENGTH
-        if (
-            self.repeating_groups
-            and tag.group & 0xFF00 in _REPEATING_GROUPS
-            and tag.group % 2 == 0
-        ):
+        if self.repeating_groups and tag.group & 0xFF00 in _REPEATING_GROUPS and tag.group % 2 == 0:
             return REPEATING_GROUP
         if not _in_dictionary(tag):
             return UNKNOWN
@@ -430,7 +428,7 @@ def check_options(options: Iterable[Option]) -> tuple[Option, ...]:
         raise ConfigurationError(
             f"option {option.meaning!r} cannot be honoured: {UNSUPPORTED_OPTIONS[option]}"
         )
-    if _CONTRADICTORY <= chosen:
+    if chosen >= _CONTRADICTORY:
         raise ConfigurationError(
             "options 'Retain Longitudinal Temporal Information Full Dates' and '... Modified "
             "Dates' contradict each other: choose one"
