@@ -36,8 +36,8 @@ from airflow_pseudo.pseudonymisation.files import (
     stage,
     uid_parts,
 )
+from airflow_pseudo.pseudonymisation.policy.recipe import Settings
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
-from airflow_pseudo.pseudonymisation.settings import Settings
 from airflow_pseudo.pseudonymisation.validation import validate_file
 from airflow_pseudo.pseudonymisation.workers import Job, run_in_processes, run_overlapped
 

@@ -206,6 +206,7 @@ class Profile:
     :param basic_profile: whether the profile implements the Basic Profile (code 113100).
     :param repeating_groups: whether curve and overlay groups are removed whole.
     :param private_rules: rules for private attributes by (creator, group, element offset).
+    :param date_shift_days: the date-shift range a project profile file sets, if any.
     """
 
     name: str
@@ -215,6 +216,7 @@ class Profile:
     basic_profile: bool = False
     repeating_groups: bool = False
     private_rules: Mapping[tuple[str, int, int], Rule] = field(default_factory=dict)
+    date_shift_days: tuple[int, int] | None = None
     _resolved: dict[int, Rule] = field(default_factory=dict, init=False, repr=False)
     _in_context: dict[tuple[int, str | None, tuple[int, ...]], Rule] = field(
         default_factory=dict, init=False, repr=False
@@ -350,6 +352,7 @@ def _digest(profile: Profile) -> str:
         "options": [option.value for option in profile.options],
         "basic_profile": profile.basic_profile,
         "repeating_groups": profile.repeating_groups,
+        "date_shift_days": profile.date_shift_days,
     }
     text = json.dumps(payload, separators=(",", ":"))
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
@@ -365,11 +368,15 @@ def _in_dictionary(tag: int) -> bool:
 
 
 @lru_cache(maxsize=8192)
-def _vr(tag: int) -> str:
+def vr_of(tag: int) -> str:
+    """The dictionary VR of a tag (the first of ambiguous ones), ``UN`` when unknown."""
     try:
         return dictionary_VR(tag)
     except KeyError:
         return "UN"
+
+
+_vr = vr_of
 
 
 def _replace_by_vr(tag: int, reason: str) -> Rule:
@@ -393,7 +400,7 @@ def _table_tag(pattern: str) -> int | None:
 
 
 def _option_rule(tag: int, keyword: str | None, option: Option, code: str) -> Rule | None:
-    reason = f"{option.meaning[0].lower()}{option.meaning[1:]}"
+    reason = option.meaning
     vr = _vr(tag)
     if code == "K":
         if option is Option.RETAIN_PATIENT_CHARACTERISTICS and keyword in _JITTERED_CHARACTERISTICS:
@@ -444,6 +451,7 @@ def build_profile(
     keep_keywords: Iterable[str] = (),
     overrides: Mapping[int, Rule] | None = None,
     private_overrides: Mapping[tuple[str, int, int], Rule] | None = None,
+    date_shift_days: tuple[int, int] | None = None,
 ) -> Profile:
     """Resolve the Basic Profile, options and overrides into one profile.
 
@@ -453,6 +461,7 @@ def build_profile(
     :param keep_keywords: attributes kept whatever else says (the caller's keep list).
     :param overrides: rules per tag that win over everything but the keep list.
     :param private_overrides: rules per (private creator, group, element offset).
+    :param date_shift_days: the profile's own date-shift range (a job's recipe may set one).
     """
     chosen = check_options(options)
     keep = keyword_tags(keep_keywords, "keep list")
@@ -502,11 +511,20 @@ def build_profile(
         basic_profile=True,
         repeating_groups=True,
         private_rules=dict(private_overrides or {}),
+        date_shift_days=date_shift_days,
     )
 
 
 DEFAULT_OPTIONS = (Option.RETAIN_LONGITUDINAL_MODIFIED_DATES, Option.RETAIN_PATIENT_CHARACTERISTICS)
 RESEARCH_OPTIONS = (*DEFAULT_OPTIONS, Option.RETAIN_SAFE_PRIVATE, Option.CLEAN_DESCRIPTORS)
+
+
+SHIPPED_OPTIONS: Mapping[str, tuple[tuple[Option, ...], bool]] = {
+    "basic": ((), False),
+    "default": (DEFAULT_OPTIONS, True),
+    "research": (RESEARCH_OPTIONS, True),
+}
+"""Options and whether the seed keywords are pseudonymised, per shipped Annex E profile."""
 
 
 def default_profile(keep_keywords: Iterable[str] = ()) -> Profile:
@@ -522,6 +540,35 @@ def basic_profile(keep_keywords: Iterable[str] = ()) -> Profile:
 def research_profile(keep_keywords: Iterable[str] = ()) -> Profile:
     """Default + Retain Safe Private + Clean Descriptors: see docs/profiles.md for why."""
     return _cached("research", RESEARCH_OPTIONS, True, tuple(sorted(set(keep_keywords))))
+
+
+def resolve_profile(
+    name_or_path: str, keep_keywords: Iterable[str] = (), options: Iterable[str] = ()
+) -> Profile:
+    """A shipped profile by name, or a project profile file by path, with extra options.
+
+    :param name_or_path: ``basic``, ``default``, ``research``, ``pymedphys`` or a YAML file.
+    :param keep_keywords: the caller's keep list (wins over everything).
+    :param options: Annex E options added to the profile's own, by name.
+    :raises ConfigurationError: for an unknown name, a bad file or an option refused.
+    """
+    extra = tuple(Option.parse(option) for option in options)
+    keep = tuple(sorted(set(keep_keywords)))
+    if name_or_path == "pymedphys":
+        if extra:
+            raise ConfigurationError("the pymedphys profile takes no Annex E options")
+        return pymedphys_profile(keep)
+    if name_or_path in SHIPPED_OPTIONS:
+        base, seed = SHIPPED_OPTIONS[name_or_path]
+        return _cached(name_or_path, tuple(dict.fromkeys((*base, *extra))), seed, keep)
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        from airflow_pseudo.pseudonymisation.policy.files import load_profile_file
+
+        return load_profile_file(name_or_path, keep, extra)
+    raise ConfigurationError(
+        f"profile must be one of {', '.join(PROFILES)} or a profile file (.yaml), "
+        f"got {name_or_path!r}"
+    )
 
 
 @lru_cache(maxsize=32)
