@@ -11,7 +11,7 @@ Example (``docs/profiles.md`` describes every key)::
       (0018,1030): clean           # by tag: ProtocolName
       StudyDescription: {action: replace, value: BRAIN MRI}
     private:                       # by private creator and element offset
-      - {creator: SIEMENS CSA HEADER, tag: (0029,xx10), action: keep}
+      - {creator: SIEMENS CSA HEADER, tag: "(0029,xx10)", action: keep}
 
 A file is validated completely before it is used: any problem is a
 :class:`ConfigurationError` whose one line names the file, the line and the key, so no file is
