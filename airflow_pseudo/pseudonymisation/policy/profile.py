@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from pydicom.datadict import dictionary_VR, get_entry, keyword_for_tag, tag_for_keyword
 from pydicom.tag import BaseTag, Tag
@@ -250,9 +250,27 @@ class Profile:
         """Whether some rule cleans text, which needs the instance's identifying values."""
         return any(rule.action is Action.CLEAN for rule in self.rules.values())
 
+    @cached_property
+    def _cleaned_sequences(self) -> frozenset[int]:
+        return frozenset(
+            tag
+            for tag, rule in self.rules.items()
+            if rule.action is Action.CLEAN and _vr(tag) == "SQ"
+        )
+
     def is_contextual(self, tag: int) -> bool:
-        """Whether the rule for ``tag`` depends on the enclosing sequences (a compound rule)."""
-        return self.rule_for(BaseTag(tag)).choices is not None
+        """Whether the rule for ``tag`` depends on the enclosing sequences.
+
+        True for compound rules (decided by the IOD) and, in a profile that cleans sequences,
+        for free text the VR safety net would pseudonymise (cleaned inside such a sequence).
+        """
+        rule = self.rule_for(BaseTag(tag))
+        return rule.choices is not None or (
+            bool(self._cleaned_sequences) and self._is_net_text(tag, rule)
+        )
+
+    def _is_net_text(self, tag: int, rule: Rule) -> bool:
+        return _vr(tag) in CLEANED_TEXT_VRS and rule is self.vr_defaults.get(_vr(tag))
 
     def rule_for(
         self, tag: BaseTag | int, sop_class: str | None = None, parents: tuple[int, ...] = ()
@@ -264,6 +282,13 @@ class Profile:
         rule = self._resolved.get(tag)
         if rule is None:
             rule = self._resolved[tag] = self._resolve(BaseTag(tag))
+        if (
+            parents
+            and self._cleaned_sequences
+            and self._is_net_text(tag, rule)
+            and not self._cleaned_sequences.isdisjoint(parents)
+        ):
+            return Rule(Action.CLEAN, "inside a cleaned sequence: " + rule.reason)
         if rule.choices is None or sop_class is None:
             return rule
         key = (int(tag), sop_class, parents)

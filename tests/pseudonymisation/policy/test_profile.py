@@ -238,3 +238,23 @@ def test_research_keeps_safe_private_and_cleans_descriptions():
     assert "T1" in dataset.SeriesDescription and "axial" in dataset.SeriesDescription
     codes = [item.CodeValue for item in dataset.DeidentificationMethodCodeSequence]
     assert codes == ["113100", "113105", "113107", "113108", "113111"]
+
+
+def test_clean_structured_content_cleans_the_text_of_an_sr_instead_of_hashing_it():
+    """Content Sequence is kept; its free text loses the patient's name, keeps its words."""
+    item = Dataset()
+    item.ValueType = "TEXT"
+    item.TextValue = "Reviewed with Jane Doe, no change"
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    dataset.PatientName = "Doe^Jane"
+    dataset.ContentSequence = Sequence([item])
+    hashed = copy.deepcopy(dataset)
+    pseudonymiser("default").pseudonymise_in_place(hashed)
+    profile = build_profile("sr", [*default_profile().options, Option.CLEAN_STRUCTURED_CONTENT])
+    source = KeyedSource(PseudonymKey(b"policy profile test key, 32 byte"))
+    Pseudonymiser(source, profile).pseudonymise_in_place(dataset)
+    text = dataset.ContentSequence[0].TextValue
+    assert "Doe" not in text and "Jane" not in text and "no change" in text
+    assert "no change" not in hashed.ContentSequence[0].TextValue
+    assert "113104" in [i.CodeValue for i in dataset.DeidentificationMethodCodeSequence]
