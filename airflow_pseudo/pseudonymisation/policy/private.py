@@ -1,16 +1,33 @@
-"""Safe private attributes (PS3.15 Retain Safe Private Option), matched by private creator.
+"""Safe private attributes: the private elements the Retain Safe Private option may keep.
 
-A minimal subset (Siemens CSA headers); the generated dictionary replaces this file.
+A private element is only ever identified by its private creator, its group and its offset in
+the creator's block (PS3.5 7.8.1): the same element number means something else under
+another creator, or in another block. The dictionary is data
+(:mod:`airflow_pseudo.pseudonymisation.policy.tables.safe_private`), each row with its source.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from functools import cache
+
+from airflow_pseudo.pseudonymisation.policy.tables.safe_private import SAFE_PRIVATE_ROWS
+
+__all__ = ["SafePrivateAttribute", "normalise_creator", "safe_private_attribute"]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SafePrivateAttribute:
-    """A private attribute known to hold no identifying information, and where that is said."""
+    """One private attribute known to carry acquisition data rather than identity.
+
+    :param creator: the private creator, as written by the vendor (trailing padding removed).
+    :param group: the odd group number, e.g. ``0x0019``.
+    :param element: the offset in the creator's block (``0x00``-``0xFF``): the ``xx`` of
+        ``(gggg,xxee)`` is the block, this is ``ee``.
+    :param vr: the value representation the vendor documents.
+    :param name: what the attribute holds.
+    :param source: where it is documented as safe or needed for research.
+    """
 
     creator: str
     group: int
@@ -20,21 +37,30 @@ class SafePrivateAttribute:
     source: str
 
 
-_SIEMENS_CSA = "SIEMENS CSA HEADER"
-_SOURCE = "Siemens syngo MR DICOM Conformance Statement (CSA headers)"
-_ENTRIES = (
-    SafePrivateAttribute(_SIEMENS_CSA, 0x0029, 0x08, "CS", "CSA Image Header Type", _SOURCE),
-    SafePrivateAttribute(_SIEMENS_CSA, 0x0029, 0x09, "LO", "CSA Image Header Version", _SOURCE),
-    SafePrivateAttribute(_SIEMENS_CSA, 0x0029, 0x10, "OB", "CSA Image Header Info", _SOURCE),
-    SafePrivateAttribute(_SIEMENS_CSA, 0x0029, 0x18, "CS", "CSA Series Header Type", _SOURCE),
-    SafePrivateAttribute(_SIEMENS_CSA, 0x0029, 0x19, "LO", "CSA Series Header Version", _SOURCE),
-    SafePrivateAttribute(_SIEMENS_CSA, 0x0029, 0x20, "OB", "CSA Series Header Info", _SOURCE),
-)
-_BY_KEY = {(e.creator, e.group, e.element): e for e in _ENTRIES}
+def normalise_creator(creator: str) -> str:
+    """Return a private creator as compared: without the trailing spaces and NULs of padding.
+
+    :param creator: the value of the Private Creator element.
+    """
+    return creator.rstrip(" \0")
+
+
+@cache
+def _by_key() -> dict[tuple[str, int, int], SafePrivateAttribute]:
+    return {
+        (creator, group, element): SafePrivateAttribute(creator, group, element, vr, name, source)
+        for creator, group, element, vr, name, source in SAFE_PRIVATE_ROWS
+    }
 
 
 def safe_private_attribute(
     creator: str, group: int, element_offset: int
 ) -> SafePrivateAttribute | None:
-    """The safe private attribute of this creator, group and element offset (low byte), if any."""
-    return _BY_KEY.get((creator.strip(" \x00"), group, element_offset & 0xFF))
+    """Return the safe private attribute at this place, or None when it is not known to be safe.
+
+    :param creator: the private creator of the element's block (padding is ignored; case is
+        not, as vendors' creators are exact strings).
+    :param group: the element's group.
+    :param element_offset: the low byte of the element number (its offset in the block).
+    """
+    return _by_key().get((normalise_creator(creator), group, element_offset & 0xFF))
