@@ -6,7 +6,8 @@ creator's block, VR, name, source). A row is added only with a source:
 - ``PS3.15 Table E.3.10-1``: the standard's sample list of private attributes thought safe.
 - ``dcm2niix (measured): ...``: vendor MR acquisition attributes that dcm2niix reads; removing
   the attribute from the series in ``tests/data/mr-vendor`` changes dcm2niix's NIfTI or BIDS
-  sidecar (the fields named).
+  sidecar (the fields named); ``tests/research`` checks that keeping only these rows keeps
+  dcm2niix's output identical.
 - ``dcm2niix (source): ...``: read by dcm2niix (``console/nii_dicom.cpp``) for the field named,
   but absent from the test series.
 
@@ -123,10 +124,6 @@ SAFE_PRIVATE_ROWS: tuple[tuple[str, int, int, str, str, str], ...] = (
         "dcm2niix (measured): BaseResolution, PhaseResolution, ParallelReductionFactorInPlane,"
         " CoilCombinationMethod, ReceiveCoilName, ShimSetting, TxRefAmp, PulseSequenceDetails",
     ),
-    ("SIEMENS CSA HEADER", 0x0029, 0x08, "CS", "CSA Image Header Type", "dcm2niix (source)"),
-    ("SIEMENS CSA HEADER", 0x0029, 0x09, "LO", "CSA Image Header Version", "dcm2niix (source)"),
-    ("SIEMENS CSA HEADER", 0x0029, 0x18, "CS", "CSA Series Header Type", "dcm2niix (source)"),
-    ("SIEMENS CSA HEADER", 0x0029, 0x19, "LO", "CSA Series Header Version", "dcm2niix (source)"),
     (
         "SIEMENS MR HEADER",
         0x0019,
@@ -134,14 +131,6 @@ SAFE_PRIVATE_ROWS: tuple[tuple[str, int, int, str, str, str], ...] = (
         "US",
         "Number of Images in Mosaic",
         "dcm2niix (source): mosaic tiling",
-    ),
-    (
-        "SIEMENS MR HEADER",
-        0x0019,
-        0x0B,
-        "DS",
-        "Slice Measurement Duration",
-        "dcm2niix (source): slice timing",
     ),
     ("SIEMENS MR HEADER", 0x0019, 0x18, "IS", "Real Dwell Time", "dcm2niix (measured): DwellTime"),
     (
@@ -151,14 +140,6 @@ SAFE_PRIVATE_ROWS: tuple[tuple[str, int, int, str, str, str], ...] = (
         "FD",
         "Bandwidth per Pixel Phase Encode",
         "dcm2niix (source): EffectiveEchoSpacing, TotalReadoutTime",
-    ),
-    (
-        "SIEMENS MR HEADER",
-        0x0019,
-        0x29,
-        "FD",
-        "Mosaic Ref Acq Times",
-        "dcm2niix (source): SliceTiming",
     ),
     (
         "SIEMENS MR HEADER",
@@ -175,6 +156,14 @@ SAFE_PRIVATE_ROWS: tuple[tuple[str, int, int, str, str, str], ...] = (
         "SH",
         "Image Orientation Text",
         "dcm2niix (measured): ImageOrientationText",
+    ),
+    (
+        "SIEMENS MR HEADER",
+        0x0051,
+        0x0F,
+        "LO",
+        "Coil String",
+        "dcm2niix (source): ReceiveCoilName",
     ),
     (
         "SIEMENS MR HEADER",
@@ -315,6 +304,168 @@ SAFE_PRIVATE_ROWS: tuple[tuple[str, int, int, str, str, str], ...] = (
         "dcm2niix (measured): PrescanReuseString",
     ),
     ("GEMS_PARM_01", 0x0043, 0xB2, "LO", "Table Position", "dcm2niix (measured): TablePosition"),
-    ("GEMS_PARM_01", 0x0043, 0xA3, "CS", "ASL Contrast Technique", "dcm2niix (source): ASL"),
-    ("GEMS_PARM_01", 0x0043, 0xA5, "IS", "ASL Label Duration", "dcm2niix (source): ASL"),
+    # Philips MR: as read by dcm2niix.
+    (
+        "Philips Imaging DD 001",
+        0x2001,
+        0x22,
+        "FL",
+        "Water Fat Shift",
+        "dcm2niix (measured): WaterFatShift, EstimatedEffectiveEchoSpacing,"
+        " EstimatedTotalReadoutTime",
+    ),
+    (
+        "Philips MR Imaging DD 005",
+        0x2005,
+        0x0F,
+        "SQ",
+        "Private Per-Frame Sequence (standard MR attributes of each frame)",
+        "dcm2niix (measured): SequenceName, ParallelReductionFactorInPlane,"
+        " PartialFourierDirection,"
+        " MTState, SpoilingState, FrequencyEncodingSteps",
+    ),
+    (
+        "Philips Imaging DD 001",
+        0x2001,
+        0x5F,
+        "SQ",
+        "Stack Sequence (geometry of each slice stack)",
+        "dcm2niix (measured): TablePosition",
+    ),
+    (
+        "Philips MR Imaging DD 001",
+        0x2005,
+        0x71,
+        "FL",
+        "Stack Angulation AP",
+        "dcm2niix (source): slice direction",
+    ),
+    (
+        "Philips MR Imaging DD 001",
+        0x2005,
+        0x72,
+        "FL",
+        "Stack Angulation FH",
+        "dcm2niix (source): slice direction",
+    ),
+    (
+        "Philips MR Imaging DD 001",
+        0x2005,
+        0x73,
+        "FL",
+        "Stack Angulation RL",
+        "dcm2niix (source): slice direction",
+    ),
+    (
+        "Philips MR Imaging DD 001",
+        0x2005,
+        0x78,
+        "FL",
+        "Stack Offcentre AP",
+        "dcm2niix (source): slice direction",
+    ),
+    (
+        "Philips MR Imaging DD 001",
+        0x2005,
+        0x79,
+        "FL",
+        "Stack Offcentre FH",
+        "dcm2niix (source): slice direction",
+    ),
+    (
+        "Philips MR Imaging DD 001",
+        0x2005,
+        0x7A,
+        "FL",
+        "Stack Offcentre RL",
+        "dcm2niix (source): slice direction",
+    ),
+    (
+        "Philips MR Imaging DD 005",
+        0x2005,
+        0x3C,
+        "FL",
+        "Stack Table Position, component 1",
+        "dcm2niix (measured): TablePosition",
+    ),
+    (
+        "Philips MR Imaging DD 005",
+        0x2005,
+        0x3D,
+        "FL",
+        "Stack Table Position, component 2",
+        "dcm2niix (measured): TablePosition",
+    ),
+    (
+        "Philips MR Imaging DD 005",
+        0x2005,
+        0x3E,
+        "FL",
+        "Stack Table Position, component 3",
+        "dcm2niix (measured): TablePosition",
+    ),
+    (
+        "Philips Imaging DD 001",
+        0x2001,
+        0x0A,
+        "IS",
+        "Slice Number MR",
+        "dcm2niix (source): slice order",
+    ),
+    (
+        "Philips Imaging DD 001",
+        0x2001,
+        0x0B,
+        "CS",
+        "Slice Orientation",
+        "dcm2niix (source): slice direction",
+    ),
+    (
+        "Philips Imaging DD 001",
+        0x2001,
+        0x18,
+        "SL",
+        "Number of Slices MR",
+        "dcm2niix (source): slices per volume",
+    ),
+    (
+        "Philips Imaging DD 001",
+        0x2001,
+        0x81,
+        "IS",
+        "Number of Dynamic Scans",
+        "dcm2niix (source): volumes",
+    ),
+    (
+        "Philips MR Imaging DD 001",
+        0x2005,
+        0xB0,
+        "FL",
+        "Diffusion Direction RL",
+        "dcm2niix (source): bvec",
+    ),
+    (
+        "Philips MR Imaging DD 001",
+        0x2005,
+        0xB1,
+        "FL",
+        "Diffusion Direction AP",
+        "dcm2niix (source): bvec",
+    ),
+    (
+        "Philips MR Imaging DD 001",
+        0x2005,
+        0xB2,
+        "FL",
+        "Diffusion Direction FH",
+        "dcm2niix (source): bvec",
+    ),
+    (
+        "Philips MR Imaging DD 005",
+        0x2005,
+        0x12,
+        "IS",
+        "MR Image Diffusion B-Value Number",
+        "dcm2niix (source): volume order",
+    ),
 )

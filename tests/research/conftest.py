@@ -1,4 +1,4 @@
-"""Run dcm2niix on a folder and compare what it makes: NIfTI voxels, bval/bvec, BIDS sidecars."""
+"""dcm2niix on a folder and a comparison of what it makes: NIfTI voxels, bval/bvec, sidecars."""
 
 from __future__ import annotations
 
@@ -9,8 +9,23 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import pydicom
+import pytest
+
+from airflow_pseudo.pseudonymisation import ConfigurationError, PseudonymKey, Settings
+from tests.conftest import require_tool
+
+KEY = PseudonymKey(b"airflow-pseudo research test key, not for production")
+MR_VENDOR = Path(__file__).resolve().parent.parent / "data" / "mr-vendor"
+SERIES = {
+    "GE": MR_VENDOR / "dcm_qa_nih" / "GE" / "mr_0004",
+    "Siemens": MR_VENDOR / "dcm_qa_nih" / "Siemens" / "mr_0003",
+    "Philips": MR_VENDOR / "dcm_qa_philips_dwi" / "cl",
+}
 
 # Sidecar fields that identify the subject, the site, the device or the instance, or that
 # record the de-identification itself: they may differ between input and output.
@@ -125,6 +140,7 @@ class Comparison:
     different_gradients: list[str] = dataclasses.field(default_factory=list)
     lost_fields: set[str] = dataclasses.field(default_factory=set)
     changed_fields: set[str] = dataclasses.field(default_factory=set)
+    cleaned_fields: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def faithful(self) -> bool:
@@ -138,8 +154,14 @@ class Comparison:
         )
 
 
-def compare(before: dict[str, Volume], after: dict[str, Volume]) -> Comparison:
-    """Compare conversions; identity fields may differ, nothing else may."""
+def compare(
+    before: dict[str, Volume], after: dict[str, Volume], identifiers: frozenset[str] = frozenset()
+) -> Comparison:
+    """Compare conversions; identity fields may differ, nothing else may.
+
+    :param identifiers: the subject's own identifiers (name components, ID), lower case: a text
+        field of the input that holds one of them may be cleaned (listed as ``cleaned_fields``).
+    """
     result = Comparison(volumes=len(before))
     for name, volume in before.items():
         other = after.get(name)
@@ -156,5 +178,38 @@ def compare(before: dict[str, Volume], after: dict[str, Volume]) -> Comparison:
             if field not in other.sidecar:
                 result.lost_fields.add(field)
             elif other.sidecar[field] != value:
-                result.changed_fields.add(field)
+                text = str(value).lower()
+                if any(identifier in text for identifier in identifiers):
+                    result.cleaned_fields.add(field)
+                else:
+                    result.changed_fields.add(field)
     return result
+
+
+def profile_available(name: str) -> bool:
+    """Whether this version of the policy ships a profile of that name."""
+    try:
+        Settings(key=KEY, profile=name).check()
+    except ConfigurationError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def dcm2niix() -> str:
+    """The dcm2niix program: the PyPI package's, beside this Python, else from the PATH."""
+    beside = Path(sys.executable).parent / "dcm2niix"
+    if beside.exists():
+        return str(beside)
+    return require_tool("dcm2niix", "dcm2niix")
+
+
+def subject_identifiers(folder: Path) -> frozenset[str]:
+    """Return the patient name components and ID of a series, lower case, for ``compare``."""
+    first = pydicom.dcmread(sorted(folder.iterdir())[0], stop_before_pixels=True)
+    name = first.get("PatientName")
+    parts = [str(part) for part in (name.components if name else ())]
+    words = {word for part in parts for word in part.replace("^", " ").split()}
+    return frozenset(
+        word.lower() for word in (*words, str(first.get("PatientID", ""))) if len(word) > 2
+    )
