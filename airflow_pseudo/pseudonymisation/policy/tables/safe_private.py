@@ -11,6 +11,9 @@ creator's block, VR, name, source). A row is added only with a source:
 - ``dcm2niix (source): ...``: read by dcm2niix (``console/nii_dicom.cpp``) for the field named,
   but absent from the test series.
 
+A row is left out when keeping it without its companions changes dcm2niix's output: Philips
+MR Imaging DD 005 (2005,xx12), the diffusion b-value number, reorders the volumes on its own.
+
 Kept values are still searched by the validator for the instance's identifiers: a text element
 (LO, SH, LT, OB protocol blocks) where an operator typed a name is caught there.
 """
@@ -459,13 +462,5 @@ SAFE_PRIVATE_ROWS: tuple[tuple[str, int, int, str, str, str], ...] = (
         "FL",
         "Diffusion Direction FH",
         "dcm2niix (source): bvec",
-    ),
-    (
-        "Philips MR Imaging DD 005",
-        0x2005,
-        0x12,
-        "IS",
-        "MR Image Diffusion B-Value Number",
-        "dcm2niix (source): volume order",
     ),
 )
