@@ -25,6 +25,8 @@ from .conftest import KEY, policy_landed
 _VALUE = re.compile(r"= <[^>]*>")
 _INDEX = re.compile(r"\[\d+\]")
 _UID = re.compile(r"\d+(?:\.\d+){2,}")
+# A UID named at the end of a message may be malformed in the input ("0"): any value there.
+_NAMED_UID = re.compile(r"(UID) \S+$")
 UNREADABLE = "Error - Dicom dataset read failed"
 _UNKNOWN_TAG = re.compile(r"\(0x[0-9a-f]{4},0x[0-9a-f]{4}\)\s+\?")
 
@@ -34,6 +36,7 @@ def normalise(message: str) -> str:
     message = _VALUE.sub("= <>", message)
     message = _INDEX.sub("[]", message)
     message = _UID.sub("<uid>", message)
+    message = _NAMED_UID.sub(r"\1 <uid>", message)
     message = _UNKNOWN_TAG.sub("(?)", message)
     return " ".join(message.split())
 

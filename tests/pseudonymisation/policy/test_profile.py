@@ -226,12 +226,12 @@ def test_research_keeps_safe_private_and_cleans_descriptions():
     dataset.PatientID = "PID12345"
     dataset.SeriesDescription = "T1 Doe PID12345 axial"
     dataset.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
-    dataset.add_new(0x00291008, "CS", "IMAGE NUM 4")
+    dataset.add_new(0x00291010, "OB", b"SV10 CSA header bytes")
     dataset.add_new(0x00291011, "LO", "unknown")
     dataset.add_new(0x00110010, "LO", "ACME")
     dataset.add_new(0x00111008, "LO", "unknown too")
     pseudonymiser("research").pseudonymise_in_place(dataset)
-    assert dataset[0x00291008].value == "IMAGE NUM 4"
+    assert dataset[0x00291010].value == b"SV10 CSA header bytes"
     assert dataset[0x00290010].value == "SIEMENS CSA HEADER"
     assert 0x00291011 not in dataset and 0x00111008 not in dataset and 0x00110010 not in dataset
     assert "Doe" not in dataset.SeriesDescription and "PID12345" not in dataset.SeriesDescription
