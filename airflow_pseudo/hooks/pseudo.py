@@ -112,7 +112,7 @@ class PseudoHook(BaseHook):
             raise ConfigurationError(
                 f"connection {self.pseudo_conn_id!r} has an invalid extra: {exc}"
             ) from exc
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        kwargs.update({k: v for k, v in overrides.items() if _blank_to_none(v) is not None})
         if "key" not in kwargs:
             try:
                 kwargs["key"] = self.get_key()

@@ -157,14 +157,15 @@ def build_recipe(*, check: bool = True, **values: Any) -> Recipe:
     """Build a recipe from loosely typed values (CLI arguments, connection extras, operator
     arguments); the one place a job's description is parsed.
 
-    ``None`` means unset. ``date_shift_days`` takes any form :func:`parse_date_shift_days` does;
-    ``date_shift_min_days`` and ``date_shift_max_days`` may be given instead, both or neither.
+    ``None`` or a blank string means unset. ``date_shift_days`` takes any form
+    :func:`parse_date_shift_days` does; ``date_shift_min_days`` and ``date_shift_max_days``
+    may be given instead, both or neither.
     ``keep_keywords`` and ``options`` take any iterable (a string is one name).
 
     :param check: build the pseudonymiser now, so a bad value fails before any file is read.
     :raises ConfigurationError: for an unknown field or an invalid value.
     """
-    given = {name: value for name, value in values.items() if value is not None}
+    given = {name: value for name, value in values.items() if not _unset(value)}
     low, high = given.pop("date_shift_min_days", None), given.pop("date_shift_max_days", None)
     if low is not None or high is not None:
         if low is None or high is None:
@@ -182,6 +183,11 @@ def build_recipe(*, check: bool = True, **values: Any) -> Recipe:
     if check:
         recipe.check()
     return recipe
+
+
+def _unset(value: Any) -> bool:
+    """None or a blank string (an empty form field, a DAG param left empty) sets nothing."""
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _names(value: str | Iterable[str]) -> tuple[str, ...]:
