@@ -1,1 +1,4 @@
-"""De-identification policy: profiles, rules and the standard's tables they are built from."""
+"""What happens to each attribute, as data: profiles, options, tables and job recipes.
+
+Nothing here reads or writes files' bytes: the engines apply what the policy resolves.
+"""

@@ -1,1 +1,1 @@
-"""Tables generated from the DICOM standard and from reviewed sources, read by the policy."""
+"""Tables generated from the DICOM standard's published data, one generator each in ``tools/``."""
