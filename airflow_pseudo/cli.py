@@ -27,23 +27,35 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _profile_arguments(group: Any, *, default: str | None, help: str) -> None:
+    group.add_argument(
+        "--profile",
+        default=default,
+        metavar="NAME|FILE",
+        help="basic, default, research, pymedphys or a project profile file (.yaml); " + help,
+    )
+    group.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        dest="options",
+        metavar="OPTION",
+        help="a PS3.15 Annex E option to add, e.g. 'Clean Descriptors' (repeatable)",
+    )
+
+
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pseudonymisation settings")
     group.add_argument("--key-file", help="file holding the project key (else $AIRFLOW_PSEUDO_KEY)")
     group.add_argument("--strategy", choices=("keyed", "pymedphys"), default="keyed")
-    group.add_argument(
-        "--profile",
-        choices=("default", "pymedphys"),
-        default=None,
-        help="default: the strategy's name",
-    )
+    _profile_arguments(group, default=None, help="default: the strategy's name")
     group.add_argument("--pymedphys-config", help="PyMedPhys config.toml with [pseudo] pepper")
     group.add_argument("--uid-root", help="organisation UID root (default: 2.25.<decimal>)")
     group.add_argument(
         "--date-shift-days",
-        default="-3650,-366",
+        default=None,
         metavar="MIN,MAX",
-        help="range of the per-patient date offset (default: %(default)s)",
+        help="range of the per-patient date offset (default: the profile file's, else -3650,-366)",
     )
     group.add_argument(
         "--keep", nargs="*", default=[], metavar="KEYWORD", help="attributes to keep unchanged"
@@ -88,7 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_arguments(check)
 
     explain = commands.add_parser("explain", help="print what the profile does to each attribute")
-    explain.add_argument("--profile", choices=("default", "pymedphys"), default="default")
+    _profile_arguments(explain, default="default", help="default: %(default)s")
+    explain.add_argument(
+        "--summary", action="store_true", help="a table of the shipped profiles (Markdown)"
+    )
+    explain.add_argument(
+        "file", nargs="?", help="a DICOM file: say what would happen to each element (dry run)"
+    )
 
     keygen = commands.add_parser("generate-key", help="write a new random project key file")
     keygen.add_argument("path", help="where to write the key (refuses to overwrite)")
@@ -113,26 +131,21 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> 
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from airflow_pseudo.pseudonymisation import Settings, load_key
+    from airflow_pseudo.pseudonymisation import build_recipe, load_key
 
-    try:
-        low, high = (int(part) for part in args.date_shift_days.split(","))
-    except ValueError:
-        raise ValueError("--date-shift-days must be MIN,MAX in days, e.g. -3650,-366") from None
-    settings = Settings(
+    return build_recipe(
         strategy=args.strategy,
         key=load_key(args.key_file) if args.strategy == "keyed" else None,
         profile=args.profile or ("pymedphys" if args.strategy == "pymedphys" else "default"),
         uid_root=args.uid_root,
-        date_shift_days=(low, high),
+        date_shift_days=args.date_shift_days,
         pymedphys_config=args.pymedphys_config,
-        keep_keywords=tuple(args.keep),
+        keep_keywords=args.keep,
+        options=args.options,
         allow_burned_in=args.allow_burned_in,
         output_layout=getattr(args, "layout", "uids"),
         durability=getattr(args, "durability", "batch"),
     )
-    settings.check()
-    return settings
 
 
 @contextmanager
@@ -225,9 +238,24 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _explain(args: argparse.Namespace, out: TextIO) -> int:
-    from airflow_pseudo.pseudonymisation.profiles import PROFILES
+    from airflow_pseudo.pseudonymisation.errors import ConfigurationError, UnsupportedInputError
+    from airflow_pseudo.pseudonymisation.files import read_dataset
+    from airflow_pseudo.pseudonymisation.policy.explain import dry_run, summary_table
+    from airflow_pseudo.pseudonymisation.policy.profile import resolve_profile
 
-    for line in PROFILES[args.profile]().describe():
+    if args.summary:
+        lines = summary_table()
+    else:
+        profile = resolve_profile(args.profile, (), args.options)
+        if args.file:
+            try:
+                dataset = read_dataset(args.file, named_as_dicom=True)
+            except UnsupportedInputError as exc:
+                raise ConfigurationError(f"{args.file}: {exc}") from None
+            lines = dry_run(profile, dataset)
+        else:
+            lines = profile.describe()
+    for line in lines:
         print(line, file=out)
     return EXIT_OK
 

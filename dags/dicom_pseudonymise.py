@@ -66,6 +66,11 @@ PARAMS = {
     "marker": Param(None, type=["null", "string"], description="e.g. _SUCCESS"),
     "max_failed_files": Param(0, type="integer", minimum=0, description="Failure policy"),
     "workers": Param(1, type="integer", minimum=1),
+    "profile": Param(
+        "",
+        type="string",
+        description="basic, default, research, pymedphys or a profile file (empty: connection's)",
+    ),
     "delete_inputs": Param(False, type="boolean", description="Delete instead of archive"),
 }
 
@@ -146,6 +151,7 @@ with DAG(
         quarantine_dir=QUARANTINE,
         workers="{{ params.workers }}",
         max_failed_files="{{ params.max_failed_files }}",
+        profile="{{ params.profile }}",
     )
 
     validate = ValidateOperator(
@@ -153,6 +159,7 @@ with DAG(
         results=pseudonymise.output,
         quarantine_dir=QUARANTINE,
         workers="{{ params.workers }}",
+        profile="{{ params.profile }}",
     )
 
     publish = PublishOperator(

@@ -1,4 +1,4 @@
-"""Regenerate ``airflow_pseudo/pseudonymisation/_ps315_table.py`` from the Annex E JSON.
+"""Regenerate ``airflow_pseudo/pseudonymisation/policy/tables/ps315.py`` from the Annex E JSON.
 
 Input: ``tools/data/ps3.15-2024e-table-E.1-1.json``, DICOM PS3.15 Table E.1-1 (edition
 2024e) as published by the MIT-licensed innolitics/dicom-standard project
@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SOURCE = HERE / "data" / "ps3.15-2024e-table-E.1-1.json"
-TARGET = HERE.parent / "airflow_pseudo" / "pseudonymisation" / "_ps315_table.py"
+TARGET = HERE.parent / "airflow_pseudo" / "pseudonymisation" / "policy" / "tables" / "ps315.py"
 EDITION = "2024e"
 OPTION_COLUMNS = (
     "rtnSafePrivOpt",

@@ -24,18 +24,6 @@ def _blank_to_none(value: Any) -> Any:
     return value
 
 
-def _parse_day_range(value: Any) -> tuple[int, int]:
-    """Parse a date-shift range given as ``[a, b]`` or ``"a,b"`` / ``"a..b"``."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace("..", ",").split(",") if p.strip()]
-    else:
-        parts = list(value)
-    if len(parts) != 2:
-        raise ValueError(f"date_shift_days must hold two integers, got {len(parts)} values")
-    low, high = int(parts[0]), int(parts[1])
-    return (low, high)
-
-
 class PseudoHook(BaseHook):
     """
     Read the pseudonymisation key and options from a ``pseudo`` connection.
@@ -45,8 +33,9 @@ class PseudoHook(BaseHook):
     environment variable (the core's :func:`~airflow_pseudo.pseudonymisation.load_key`).
 
     Extras (all optional): ``strategy`` (``keyed`` or ``pymedphys``), ``profile``
-    (``default`` or ``pymedphys``), ``uid_root``, ``date_shift_min_days`` and
-    ``date_shift_max_days`` (or ``date_shift_days`` as ``[min, max]`` / ``"min,max"``) and
+    (``basic``, ``default``, ``research``, ``pymedphys`` or a profile file's path),
+    ``uid_root``, ``date_shift_min_days`` and ``date_shift_max_days`` (or ``date_shift_days``
+    as ``[min, max]`` / ``"min,max"``) and
     ``pymedphys_config`` (path to a PyMedPhys ``config.toml``).
 
     Example connection as an environment variable::
@@ -88,14 +77,16 @@ class PseudoHook(BaseHook):
         for name in list(extra):
             if name.startswith("extra__pseudo__"):
                 extra.setdefault(name.removeprefix("extra__pseudo__"), extra.pop(name))
+        from airflow_pseudo.pseudonymisation.policy.recipe import parse_date_shift_days
+
         kwargs: dict[str, Any] = {k: extra[k] for k in _TEXT_EXTRAS if extra.get(k) is not None}
         if extra.get("date_shift_days") is not None:
-            kwargs["date_shift_days"] = _parse_day_range(extra["date_shift_days"])
+            kwargs["date_shift_days"] = parse_date_shift_days(extra["date_shift_days"])
         low, high = extra.get("date_shift_min_days"), extra.get("date_shift_max_days")
         if low is not None or high is not None:
             if low is None or high is None:
                 raise ValueError("set both date_shift_min_days and date_shift_max_days, or neither")
-            kwargs["date_shift_days"] = (int(low), int(high))
+            kwargs["date_shift_days"] = parse_date_shift_days((low, high))
         return kwargs
 
     def get_settings(self, **overrides: Any) -> Settings:
@@ -109,24 +100,26 @@ class PseudoHook(BaseHook):
         :raises ConfigurationError: For invalid extras or settings.
         :raises MissingKeyError: When the keyed strategy has no key.
         """
-        from airflow_pseudo.pseudonymisation import ConfigurationError, MissingKeyError, Settings
+        from airflow_pseudo.pseudonymisation import (
+            ConfigurationError,
+            MissingKeyError,
+            build_recipe,
+        )
 
         try:
             kwargs = self.get_extras()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ConfigurationError) as exc:
             raise ConfigurationError(
                 f"connection {self.pseudo_conn_id!r} has an invalid extra: {exc}"
             ) from exc
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        kwargs.update({k: v for k, v in overrides.items() if _blank_to_none(v) is not None})
         if "key" not in kwargs:
             try:
                 kwargs["key"] = self.get_key()
             except MissingKeyError:
                 if kwargs.get("strategy", "keyed") == "keyed":
                     raise
-        settings = Settings(**kwargs)
-        settings.check()
-        return settings
+        return build_recipe(**kwargs)
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the key (present, long enough) and then the profile; never reveal the key.

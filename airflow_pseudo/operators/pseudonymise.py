@@ -91,8 +91,7 @@ class _SettingsMixin:
             "durability": self.durability,
         }
         if self.date_shift_days is not None:
-            low, high = self.date_shift_days
-            overrides["date_shift_days"] = (int(low), int(high))
+            overrides["date_shift_days"] = self.date_shift_days  # parsed by build_recipe
         if self.keep_keywords:
             overrides["keep_keywords"] = tuple(self.keep_keywords)
         try:
@@ -134,7 +133,8 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
     :param input_root: Folder that ``files`` are relative to (for the ``mirror`` layout and
         quarantine names). Defaults to ``input_path``. (templated)
     :param strategy: ``keyed`` or ``pymedphys``; overrides the connection. (templated)
-    :param profile: ``default`` or ``pymedphys``; overrides the connection. (templated)
+    :param profile: ``basic``, ``default``, ``research``, ``pymedphys`` or the path of a
+        project profile file; overrides the connection. (templated)
     :param uid_root: UID root for new UIDs; overrides the connection. (templated)
     :param date_shift_days: ``(min, max)`` days of the per-patient date shift.
     :param pymedphys_config: Path to a PyMedPhys ``config.toml``. (templated)

@@ -179,6 +179,9 @@ class PublishOperator(BaseOperator):
                 "problems": check.get("problems", []),
                 "quarantine": check.get("quarantine") or pseudo.get("quarantine"),
                 "changes": pseudo.get("changes"),
+                "profile": pseudo.get("profile"),
+                "profile_digest": pseudo.get("profile_digest"),
+                "method_codes": pseudo.get("method_codes"),
             }
             if check.get("status") == "ok" and check.get("output"):
                 output = Path(check["output"])

@@ -35,15 +35,15 @@ from airflow_pseudo.pseudonymisation.errors import (
     UnsupportedInputError,
 )
 from airflow_pseudo.pseudonymisation.keys import KEY_ENV_VAR, PseudonymKey, load_key
-from airflow_pseudo.pseudonymisation.profiles import (
+from airflow_pseudo.pseudonymisation.policy.profile import (
     Action,
     Profile,
     default_profile,
     keyword_profile,
     pymedphys_profile,
 )
+from airflow_pseudo.pseudonymisation.policy.recipe import Recipe, Settings, build_recipe
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
-from airflow_pseudo.pseudonymisation.settings import Settings
 from airflow_pseudo.pseudonymisation.strategies import (
     PseudonymContext,
     Strategy,
@@ -63,11 +63,13 @@ __all__ = [
     "PseudonymKey",
     "PseudonymisationError",
     "Pseudonymiser",
+    "Recipe",
     "Settings",
     "Strategy",
     "UnsupportedInputError",
     "ValidationResult",
     "anonymise_dataset",
+    "build_recipe",
     "default_output_dir",
     "default_profile",
     "default_quarantine_dir",
@@ -129,7 +131,7 @@ def _settings_from(settings: Settings | None, overrides: dict[str, Any]) -> Sett
         overrides["key"] = (
             PseudonymKey(key) if isinstance(key, bytes) else PseudonymKey.from_text(key)
         )
-    return Settings(**overrides)
+    return build_recipe(check=False, **overrides)
 
 
 def anonymise_dataset(

@@ -36,8 +36,8 @@ from airflow_pseudo.pseudonymisation.files import (
     stage,
     uid_parts,
 )
+from airflow_pseudo.pseudonymisation.policy.recipe import Settings
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
-from airflow_pseudo.pseudonymisation.settings import Settings
 from airflow_pseudo.pseudonymisation.validation import validate_file
 from airflow_pseudo.pseudonymisation.workers import Job, run_in_processes, run_overlapped
 
@@ -204,7 +204,13 @@ class _FileJob:
                     fast = pseudonymise_buffer(buffer, settings.pseudonymiser)
                     target = self._target(source, fast.uids, settings)
                     file = stage(fast.chunks, target, durable=durable)
-                result = FileResult(source, target, engine="fast", changes=fast.counts.to_dict())
+                result = FileResult(
+                    source,
+                    target,
+                    engine="fast",
+                    changes=fast.counts.to_dict(),
+                    **settings.pseudonymiser.record_fields(),
+                )
                 return result, file
             except (PseudonymisationError, OSError):
                 raise
@@ -214,7 +220,14 @@ class _FileJob:
         counts = settings.pseudonymiser.pseudonymise_in_place(dataset)
         target = self._target(source, dataset, settings)
         file = stage(dataset, target, durable=durable)
-        return FileResult(source, target, engine="reference", changes=counts.to_dict()), file
+        result = FileResult(
+            source,
+            target,
+            engine="reference",
+            changes=counts.to_dict(),
+            **settings.pseudonymiser.record_fields(),
+        )
+        return result, file
 
     def crashed(self, source: str) -> FileResult:
         """The record of a file whose worker process died while pseudonymising it."""

@@ -32,7 +32,14 @@ from airflow_pseudo.pseudonymisation.errors import (
     BurnedInAnnotationError,
     PseudonymisationError,
 )
-from airflow_pseudo.pseudonymisation.profiles import Action, Profile
+from airflow_pseudo.pseudonymisation.identifiers import InstanceIdentifiers
+from airflow_pseudo.pseudonymisation.policy.profile import (
+    CLEANED_TEXT_VRS,
+    PRIVATE_CREATOR,
+    Action,
+    Profile,
+    Rule,
+)
 from airflow_pseudo.pseudonymisation.sources import PseudonymSource
 from airflow_pseudo.pseudonymisation.strategies import (
     PseudonymContext,
@@ -65,8 +72,12 @@ class ChangeCounts:
 
 
 def is_registered_uid(uid: str) -> bool:
-    """Whether a UID is the standard's own: SOP class, transfer syntax, coding scheme..."""
-    return uid.startswith(DICOM_UID_ROOT) or uid in UID_dictionary
+    """Whether a UID is the standard's own: SOP class, transfer syntax, coding scheme...
+
+    Only pydicom's UID dictionary decides: a UID under the DICOM root that it does not list
+    (an instance UID made by a careless sender, say) is remapped like any other.
+    """
+    return uid in UID_dictionary
 
 
 def _accepts_context(strategy: Callable[..., Any]) -> bool:
@@ -114,8 +125,26 @@ class Pseudonymiser:
 
     @property
     def method(self) -> str:
-        """The DeidentificationMethod entry this pseudonymiser writes (LO, at most 64 chars)."""
-        return f"{TOOL_NAME} {__version__} {self.source.name} {self.profile.name}"[:64]
+        """The DeidentificationMethod entry this pseudonymiser writes (LO, at most 64 chars).
+
+        ``airflow-pseudo <version> <strategy> <profile> <digest>``: the profile's name is
+        shortened if needed, its digest never.
+        """
+        head = f"{TOOL_NAME} {__version__} {self.source.name} "
+        tail = f" {self.profile.digest}"
+        return head + self.profile.name[: max(0, 64 - len(head) - len(tail))] + tail
+
+    def method_values(self) -> list[str]:
+        """This tool's DeidentificationMethod values: its entry, then each option by name."""
+        return [self.method, *(meaning for _code, meaning in self.profile.method_codes()[1:])]
+
+    def record_fields(self) -> dict[str, Any]:
+        """What result records say about the policy: profile name, digest and method codes."""
+        return {
+            "profile": self.profile.name,
+            "profile_digest": self.profile.digest,
+            "method_codes": [code for code, _meaning in self.profile.method_codes()],
+        }
 
     def pseudonymise_dataset(self, dataset: Dataset) -> tuple[Dataset, ChangeCounts]:
         """Return a pseudonymised deep copy of ``dataset``; the input is never changed."""
@@ -127,7 +156,13 @@ class Pseudonymiser:
         self.check_burned_in(dataset.get("BurnedInAnnotation"))
         context = self.context_for(dataset.get("PatientID"), dataset.get("StudyInstanceUID"))
         counts = ChangeCounts()
-        self._walk(dataset, context, counts)
+        walk = _Walk(
+            context,
+            counts,
+            str(dataset.get("SOPClassUID", "") or "") or None,
+            InstanceIdentifiers.from_dataset(dataset) if self.profile.cleans else None,
+        )
+        self._walk(dataset, walk, ())
         self.add_markers(dataset)
         if getattr(dataset, "file_meta", None) is not None or hasattr(dataset, "preamble"):
             rewrite_file_meta(dataset)
@@ -146,18 +181,31 @@ class Pseudonymiser:
         patient = str(patient_id or "") or str(study_instance_uid or "")
         return PseudonymContext(self.source, patient)
 
-    def _walk(self, dataset: Dataset, context: PseudonymContext, counts: ChangeCounts) -> None:
+    def _walk(self, dataset: Dataset, walk: _Walk, parents: tuple[int, ...]) -> None:
+        private = self._private_rules(dataset) if self.profile.keeps_private else {}
         for tag in list(dataset.keys()):
-            rule = self.profile.rule_for(BaseTag(tag))
+            tag = BaseTag(tag)
+            if tag.is_private and self.profile.keeps_private:
+                rule = private[tag]
+            else:
+                rule = self.profile.rule_for(tag, walk.sop_class, parents)
             if rule.action is Action.REMOVE:
                 del dataset[tag]
-                counts.removed += 1
+                walk.counts.removed += 1
                 continue
             if rule.action is Action.KEEP and not _may_be_sequence(dataset, tag):
                 continue
             element = dataset[tag]
             try:
-                self.apply(element, rule.action, context, counts)
+                self.apply(
+                    element,
+                    rule.action,
+                    walk.context,
+                    walk.counts,
+                    walk=walk,
+                    parents=parents,
+                    constant=rule.value,
+                )
             except PseudonymisationError:
                 raise
             except Exception as exc:
@@ -166,17 +214,57 @@ class Pseudonymiser:
                     f"{type(exc).__name__}"
                 ) from None
 
+    def _private_rules(self, dataset: Dataset) -> dict[BaseTag, Rule]:
+        """Rules for a level's private attributes, by their block's private creator.
+
+        A private creator is kept when an attribute of its block is, so the kept attribute's
+        meaning stays known; its block is never renumbered.
+        """
+        rules: dict[BaseTag, Rule] = {}
+        kept_blocks: set[tuple[int, int]] = set()
+        for tag in list(dataset.keys()):
+            tag = BaseTag(tag)
+            if not tag.is_private or tag.element < 0x1000:
+                continue
+            creator_tag = BaseTag(tag.group << 16 | tag.element >> 8)
+            creator = dataset.get(creator_tag)
+            value = creator.value if creator is not None else None
+            rule = self.profile.private_rule(value if isinstance(value, str) else None, tag)
+            rules[tag] = rule
+            if rule.action is not Action.REMOVE:
+                kept_blocks.add((tag.group, tag.element >> 8))
+        for tag in list(dataset.keys()):
+            tag = BaseTag(tag)
+            if tag.is_private and tag.element < 0x1000:
+                kept = tag.element >= 0x10 and (tag.group, tag.element) in kept_blocks
+                rules[tag] = PRIVATE_CREATOR if kept else self.profile.private_rule(None, tag)
+        return rules
+
     def apply(
-        self, element: DataElement, action: Action, context: PseudonymContext, counts: ChangeCounts
+        self,
+        element: DataElement,
+        action: Action,
+        context: PseudonymContext,
+        counts: ChangeCounts,
+        *,
+        walk: _Walk | None = None,
+        parents: tuple[int, ...] = (),
+        constant: str | None = None,
     ) -> None:
-        """Apply one action to one element (recursing into sequence items)."""
+        """Apply one action to one element (recursing into sequence items).
+
+        :param walk: the dataset being walked (SOP class, identifying values for Clean).
+        :param parents: the tags of the sequences enclosing ``element``.
+        :param constant: the value written by :attr:`Action.CONSTANT`.
+        """
         if element.VR == "SQ":
             if action is Action.EMPTY:
                 element.value = []
                 counts.emptied += 1
             else:
+                walk = walk or _Walk(context, counts, None, None)
                 for item in element.value:
-                    self._walk(item, context, counts)
+                    self._walk(item, walk, (*parents, int(element.tag)))
             return
         if action is Action.KEEP or _is_empty(element.value):
             return
@@ -186,6 +274,15 @@ class Pseudonymiser:
         elif action is Action.REMAP_UID:
             _map_values(element, self.remap_uid, context)
             counts.remapped_uids += 1
+        elif action is Action.CONSTANT:
+            element.value = constant or empty_value_for_VR(element.VR)
+            counts.replaced += 1
+        elif action is Action.CLEAN and element.VR in CLEANED_TEXT_VRS:
+            identifiers = walk.identifiers if walk is not None else None
+            if identifiers is None:
+                raise PseudonymisationError("the clean action needs the instance's identifiers")
+            _map_values(element, lambda value, _: identifiers.clean_text(str(value)), context)
+            counts.replaced += 1
         else:
             strategy = self.dispatch.get(element.VR)
             if strategy is None:
@@ -211,8 +308,7 @@ class Pseudonymiser:
         """Write the PS3.15 de-identification markers (appending to earlier methods)."""
         dataset.PatientIdentityRemoved = "YES"
         methods = [str(m) for m in _as_list(dataset.get("DeidentificationMethod", []))]
-        if self.method not in methods:
-            methods.append(self.method)
+        methods.extend(value for value in self.method_values() if value not in methods)
         dataset.DeidentificationMethod = methods if len(methods) > 1 else methods[0]
         codes = self.profile.method_codes()
         if codes:
@@ -230,6 +326,16 @@ class Pseudonymiser:
             dataset.DeidentificationMethodCodeSequence = sequence
         if self.profile.shifts_dates:
             dataset.LongitudinalTemporalInformationModified = "MODIFIED"
+
+
+@dataclass
+class _Walk:
+    """What stays the same over one dataset's walk."""
+
+    context: PseudonymContext
+    counts: ChangeCounts
+    sop_class: str | None
+    identifiers: InstanceIdentifiers | None
 
 
 def _may_be_sequence(dataset: Dataset, tag: int) -> bool:

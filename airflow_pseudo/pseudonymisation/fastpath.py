@@ -45,7 +45,7 @@ from airflow_pseudo.pseudonymisation.engine import (
     Pseudonymiser,
 )
 from airflow_pseudo.pseudonymisation.errors import UnsupportedInputError
-from airflow_pseudo.pseudonymisation.profiles import Action
+from airflow_pseudo.pseudonymisation.policy.profile import Action
 from airflow_pseudo.pseudonymisation.scanner import (
     CHANGE,
     COPY,
@@ -63,6 +63,8 @@ from airflow_pseudo.pseudonymisation.scanner import (
     Event,
     FastPathUnsupported,
     TruncatedFileError,
+    end_of_value,
+    read_header,
 )
 
 try:
@@ -176,7 +178,31 @@ def pseudonymise_buffer(buffer: memoryview, pseudonymiser: Pseudonymiser) -> Fas
     transfer_syntax, implicit = _transfer_syntax(transfer_syntax_bytes)
     if implicit is None:
         raise FastPathUnsupported("transfer syntax not supported by the fast path")
-    return _Rewriter(buffer, implicit, pseudonymiser).run(meta_end, transfer_syntax)
+    sop_class = _sop_class(buffer, meta_end, implicit)
+    return _Rewriter(buffer, implicit, pseudonymiser, sop_class).run(meta_end, transfer_syntax)
+
+
+def _sop_class(buffer: memoryview, position: int, implicit: bool) -> str | None:
+    """The SOP Class UID, read from the element headers before it: the plans depend on it."""
+    size = len(buffer)
+    while position + 8 <= size:
+        tag, _, length, value = read_header(buffer, position, implicit)
+        if tag > _SOP_CLASS_UID:
+            return None
+        if tag == _SOP_CLASS_UID:
+            if length == UNDEFINED_LENGTH or value + length > size:
+                return None
+            return _uid_text(bytes(buffer[value : value + length]))
+        position = end_of_value(buffer, value, length, True)
+    return None
+
+
+@lru_cache(maxsize=256)
+def _uid_text(raw: bytes) -> str | None:
+    try:
+        return raw.decode("ascii").strip("\0 ") or None
+    except UnicodeDecodeError:
+        return None
 
 
 def _read_file_meta(buffer: memoryview) -> tuple[int, bytes]:
@@ -229,10 +255,21 @@ def _dictionary_vr(tag: int) -> str | None:
 
 
 class _Plans:
-    """What the fast path learns once per pseudonymiser and reuses for every file."""
+    """What the fast path learns once per pseudonymiser and SOP class, reused for every file.
 
-    def __init__(self, pseudonymiser: Pseudonymiser) -> None:
+    Top-level rules depend on the SOP class (compound actions follow the IOD); nested rules that
+    also depend on the enclosing sequences (:meth:`Profile.is_contextual`) are handed to Python
+    and decided with the chain of parents, in :attr:`contextual_handling`.
+    """
+
+    def __init__(self, pseudonymiser: Pseudonymiser, sop_class: str | None = None) -> None:
         self.profile = pseudonymiser.profile
+        self.sop_class = sop_class
+        self.keeps_private = self.profile.keeps_private
+        self.contextual: dict[int, bool] = {}
+        self.contextual_handling: dict[
+            tuple[int, str | None, tuple[int, ...]], tuple[int, Action, str | None]
+        ] = {}
         self.actions: dict[int, Action] = {}
         self.top_level: dict[int, int] = {}
         self.nested: dict[int, int] = {}
@@ -255,11 +292,21 @@ class _Plans:
             number = self.contexts[context] = next(self._context_numbers)
         return number
 
-    def action(self, tag: int) -> Action:
+    def action(self, tag: int, parents: tuple[int, ...] = ()) -> Action:
+        """The action at the top level (or, for a contextual tag, inside ``parents``)."""
+        if parents:
+            return self.profile.rule_for(BaseTag(tag), self.sop_class, parents).action
         action = self.actions.get(tag)
         if action is None:
-            action = self.actions[tag] = self.profile.rule_for(BaseTag(tag)).action
+            action = self.actions[tag] = self.profile.rule_for(BaseTag(tag), self.sop_class).action
         return action
+
+    def is_contextual(self, tag: int) -> bool:
+        """Whether a nested element with this tag is decided with its chain of parents."""
+        contextual = self.contextual.get(tag)
+        if contextual is None:
+            contextual = self.contextual[tag] = self.profile.is_contextual(tag)
+        return contextual
 
     def classify_top_level(self, tag: int) -> int:
         code = self._code(tag)
@@ -270,9 +317,13 @@ class _Plans:
     def classify_nested(self, tag: int) -> int:
         if tag == _SPECIFIC_CHARACTER_SET:
             return CHANGE  # refused in :meth:`_Rewriter._element`
+        if self.is_contextual(tag):  # decided in Python with the parents: never folded
+            return CHANGE | (DICTIONARY_SQ if _dictionary_vr(tag) == "SQ" else 0)
         return self._code(tag)
 
     def _code(self, tag: int) -> int:
+        if self.keeps_private and tag >> 16 & 1:
+            return CHANGE  # refused in :meth:`_Rewriter._decide`: the reference keeps them
         action = self.action(tag)
         code = _PLAN_CODES.get(action, CHANGE)
         if _dictionary_vr(tag) == "SQ":
@@ -287,11 +338,20 @@ _PLAN_CODES = {Action.KEEP: KEEP, Action.REMOVE: REMOVE}
 # which nothing changes may be copied whole.
 _EMPTIED_OR_REMOVED = frozenset({Action.REMOVE, Action.EMPTY})
 # How _Rewriter._element handles an element (ordered: _COPY and _CHANGE write the element).
-_COPY, _CHANGE, _SEQUENCE, _REMOVE, _SKIP, _REFUSE_CHARACTER_SET, _REFUSE_UN_SEQUENCE = range(7)
+(
+    _COPY, _CHANGE, _SEQUENCE, _REMOVE, _SKIP,
+    _REFUSE_CHARACTER_SET, _REFUSE_UN_SEQUENCE, _REFUSE_FOR_REFERENCE,
+) = range(8)  # fmt: skip
+# Actions the reference engine applies: Clean needs the instance's identifying values, a
+# constant its rule's value.
+_REFERENCE_ACTIONS = frozenset({Action.CLEAN, Action.CONSTANT})
 _REPORTED = _CAPTURED | _NAMING_UIDS | {_DEIDENTIFICATION_CODES}
 _CAPTURED_OR_CODES = _CAPTURED | {_DEIDENTIFICATION_CODES}
 _MARKER_TAGS = tuple(sorted(_MARKERS))
-_PLANS: weakref.WeakKeyDictionary[Pseudonymiser, _Plans] = weakref.WeakKeyDictionary()
+_PLANS: weakref.WeakKeyDictionary[Pseudonymiser, dict[str | None, _Plans]] = (
+    weakref.WeakKeyDictionary()
+)
+_PLANS_PER_PSEUDONYMISER = 64  # SOP classes remembered; a batch rarely holds more than a few
 _VALUE_CACHE_ENTRIES = 4096
 _VALUE_CACHE_MAX_BYTES = 1024
 _MISSING = object()
@@ -301,7 +361,13 @@ _PAST_LAST_TAG = 1 << 32  # above every tag: no marker left to write
 class _Rewriter:
     """One pass over one file's dataset, emitting output chunks."""
 
-    def __init__(self, buffer: memoryview, implicit: bool, pseudonymiser: Pseudonymiser) -> None:
+    def __init__(
+        self,
+        buffer: memoryview,
+        implicit: bool,
+        pseudonymiser: Pseudonymiser,
+        sop_class: str | None = None,
+    ) -> None:
         self.buffer = buffer
         # Values to decode are sliced from the file's bytes (or map) the view shows: one copy,
         # not a view then a copy.
@@ -313,10 +379,16 @@ class _Rewriter:
         )
         self.implicit = implicit
         self.pseudonymiser = pseudonymiser
-        plans = _PLANS.get(pseudonymiser)
+        by_sop_class = _PLANS.get(pseudonymiser)
+        if by_sop_class is None:
+            by_sop_class = _PLANS[pseudonymiser] = {}
+        plans = by_sop_class.get(sop_class)
         if plans is None:
-            plans = _PLANS[pseudonymiser] = _Plans(pseudonymiser)
+            if len(by_sop_class) >= _PLANS_PER_PSEUDONYMISER:
+                by_sop_class.clear()
+            plans = by_sop_class[sop_class] = _Plans(pseudonymiser, sop_class)
         self.plans = plans
+        self.parents: tuple[int, ...] = ()
         self.counts = ChangeCounts()
         self.encodings: list[str] = convert_encodings(None)
         self.depth = 0
@@ -343,7 +415,7 @@ class _Rewriter:
         body: list[bytes | memoryview] = []
         markers = self._markers(captured.get(_DEIDENTIFICATION_METHOD))
         self._emit(events, body, context, True, markers)
-        uids = self._naming_uids(captured)
+        uids = self._naming_uids(captured, context)
         chunks: list[bytes | memoryview] = [
             _PREAMBLE,
             file_meta_bytes(uids["SOPClassUID"], uids["SOPInstanceUID"], transfer_syntax),
@@ -450,10 +522,16 @@ class _Rewriter:
         top_level: bool,
     ) -> None:
         _, tag, vr, length, header, value, end = event
-        handling, action, value_vr = self._handling(tag, vr, top_level)
+        contextual = not top_level and self.plans.is_contextual(tag)
+        if contextual:
+            handling, action, value_vr = self._contextual_handling(tag, vr)
+        else:
+            handling, action, value_vr = self._handling(tag, vr, top_level)
         new_text: str | None = None
         if handling == _CHANGE and length:
-            chunk, new_text = self._changed(tag, vr, value_vr, length, value, action, context)
+            chunk, new_text = self._changed(
+                tag, vr, value_vr, length, value, action, context, cache=not contextual
+            )
             out.append(chunk)
         elif handling <= _CHANGE:  # _COPY, or a change of an empty value
             out.append(self.buffer[header:end])
@@ -467,6 +545,8 @@ class _Rewriter:
             return  # a marker: replaced by this tool's own
         elif handling == _REFUSE_CHARACTER_SET:
             raise FastPathUnsupported("a sequence item with its own character set")
+        elif handling == _REFUSE_FOR_REFERENCE:
+            raise FastPathUnsupported("a private attribute, clean or constant: the reference")
         else:
             raise FastPathUnsupported("a sequence encoded as UN")
         if top_level and tag in _NAMING_UIDS:
@@ -484,12 +564,28 @@ class _Rewriter:
             handling = self.plans.handling[key] = self._decide(tag, vr, top_level)
         return handling
 
-    def _decide(self, tag: int, vr: str | None, top_level: bool) -> tuple[int, Action, str | None]:
-        action = self.plans.action(tag)
+    def _contextual_handling(self, tag: int, vr: str | None) -> tuple[int, Action, str | None]:
+        """How a nested element whose rule depends on its parents is handled, decided once."""
+        key = (tag, vr, self.parents)
+        handling = self.plans.contextual_handling.get(key)
+        if handling is None:
+            if len(self.plans.contextual_handling) >= _VALUE_CACHE_ENTRIES:
+                self.plans.contextual_handling.clear()
+            handling = self.plans.contextual_handling[key] = self._decide(
+                tag, vr, False, self.parents
+            )
+        return handling
+
+    def _decide(
+        self, tag: int, vr: str | None, top_level: bool, parents: tuple[int, ...] = ()
+    ) -> tuple[int, Action, str | None]:
+        action = self.plans.action(tag, parents)
         if top_level and tag in _MARKERS:
             return _SKIP, action, vr
         if not top_level and tag == _SPECIFIC_CHARACTER_SET:
             return _REFUSE_CHARACTER_SET, action, vr
+        if (self.plans.keeps_private and tag >> 16 & 1) or action in _REFERENCE_ACTIONS:
+            return _REFUSE_FOR_REFERENCE, action, vr
         if action is Action.REMOVE:
             return _REMOVE, action, vr
         dictionary_vr = _dictionary_vr(tag)
@@ -510,13 +606,16 @@ class _Rewriter:
         value: int,
         action: Action,
         context: PseudonymContext,
+        *,
+        cache: bool = True,
     ) -> tuple[bytes, str]:
         """The encoded element after its action, remembered for files that share the value.
 
         A series repeats most changed values (patient, study, dates) in every instance; the
-        result depends only on the key below, so it is computed once.
+        result depends only on the key below, so it is computed once. Contextual elements
+        (``cache=False``) are not remembered: the key does not hold their action.
         """
-        if length == UNDEFINED_LENGTH or length > _VALUE_CACHE_MAX_BYTES:
+        if not cache or length == UNDEFINED_LENGTH or length > _VALUE_CACHE_MAX_BYTES:
             chunk, text, counts = self._apply(tag, vr, value_vr, length, value, action, context)
         else:
             key = (tag, vr, self.data[value : value + length], self.value_context)
@@ -607,6 +706,7 @@ class _Rewriter:
             if item != ITEM:
                 raise FastPathUnsupported("malformed sequence")
             self.depth += 1
+            self.parents = (*self.parents, tag)
             if self.depth > MAX_SEQUENCE_DEPTH:
                 raise UnsupportedInputError(
                     f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels are refused"
@@ -627,6 +727,7 @@ class _Rewriter:
                 self._emit(events, out, context, False)
                 out.append(_ITEM_DELIMITER_BYTES)
             self.depth -= 1
+            self.parents = self.parents[:-1]
         if end is not None and position != end:
             raise FastPathUnsupported("sequence length disagrees with its items")
         if unchanged:
@@ -717,10 +818,15 @@ class _Rewriter:
             cache[key] = sorted((int(e.tag), self._encode(e)) for e in markers)
         return cache[key]
 
-    def _naming_uids(self, captured: dict[int, object]) -> dict[str, str]:
+    def _naming_uids(
+        self, captured: dict[int, object], context: PseudonymContext
+    ) -> dict[str, str]:
         if _SOP_CLASS_UID not in captured or not self.new_uids.get(_SOP_INSTANCE_UID):
             raise FastPathUnsupported("no SOP Class or Instance UID: the reference decides")
-        uids = {"SOPClassUID": str(captured[_SOP_CLASS_UID])}
+        sop_class = str(captured[_SOP_CLASS_UID])
+        if self.plans.action(_SOP_CLASS_UID) is Action.REMAP_UID:  # a private SOP class
+            sop_class = self.pseudonymiser.remap_uid(sop_class, context)
+        uids = {"SOPClassUID": sop_class}
         uids.update((_UID_KEYWORDS[tag], uid) for tag, uid in self.new_uids.items())
         return uids
 

@@ -20,6 +20,9 @@ class FileResult:
     :param quarantine: where a copy of a failed input was put, with its reason beside it.
     :param engine: which engine produced the output (``reference``).
     :param changes: element counts per action (replaced, remapped_uids, emptied, removed).
+    :param profile: the name of the profile applied.
+    :param profile_digest: 16 hex digits identifying the profile's resolved rules.
+    :param method_codes: the CID 7050 codes written to DeidentificationMethodCodeSequence.
     """
 
     source: str
@@ -29,6 +32,9 @@ class FileResult:
     quarantine: str | None = None
     engine: str = "reference"
     changes: dict[str, int] = field(default_factory=dict)
+    profile: str | None = None
+    profile_digest: str | None = None
+    method_codes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

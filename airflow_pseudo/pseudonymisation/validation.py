@@ -29,7 +29,7 @@ from airflow_pseudo.pseudonymisation.strategies import keep_value
 
 if TYPE_CHECKING:
     from airflow_pseudo.pseudonymisation.engine import Pseudonymiser
-    from airflow_pseudo.pseudonymisation.settings import Settings
+    from airflow_pseudo.pseudonymisation.policy.recipe import Settings
 
 MIN_NEEDLE_LENGTH = 4
 # Numbers and binary values are not searched for: short numbers recur by chance everywhere.

@@ -161,6 +161,27 @@ class TestConfigurationErrors:
             _op(input_path=str(tmp_path), strategy="rot13").execute({})  # type: ignore[arg-type]
 
     @pytest.mark.usefixtures("pseudo_conn")
+    def test_bad_profile_file_fails_without_retry(self, tmp_path: Path, corpus: list[Path]):
+        """A profile file with a mistake fails the task before any file, naming line and key."""
+        profile = tmp_path / "project.yaml"
+        profile.write_text("overrides:\n  PatientNme: remove\n", encoding="utf-8")
+        output = tmp_path / "out"
+        op = _op(input_path=str(tmp_path / "in"), output_dir=str(output), profile=str(profile))
+        with pytest.raises(AirflowFailException, match=r"project\.yaml:2: PatientNme"):
+            op.execute({})  # type: ignore[arg-type]
+        assert not output.exists()
+
+    @pytest.mark.usefixtures("pseudo_conn")
+    def test_research_profile_is_recorded(self, tmp_path: Path, corpus: list[Path]):
+        """Records name the profile, its digest and the method codes written."""
+        op = _op(input_path=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+                 profile="research")  # fmt: skip
+        records = op.execute({})  # type: ignore[arg-type]
+        assert {r["profile"] for r in records} == {"research"}
+        assert all(len(r["profile_digest"]) == 16 for r in records)
+        assert records[0]["method_codes"] == ["113100", "113105", "113107", "113108", "113111"]
+
+    @pytest.mark.usefixtures("pseudo_conn")
     def test_output_inside_input(self, tmp_path: Path, corpus: list[Path]):
         with pytest.raises(AirflowFailException):
             _op(input_path=str(tmp_path / "in"), output_dir=str(tmp_path / "in" / "out")).execute(

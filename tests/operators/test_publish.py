@@ -87,6 +87,9 @@ def test_publishes_files_and_manifest(tmp_path: Path, run: dict[str, Any]):
     assert bad["reason"]
     assert bad["published"] is None
     assert all(f["sha256"] and f["published"].startswith("file://") for f in files if f is not bad)
+    digests = {f["profile_digest"] for f in files if f is not bad}
+    assert {f["profile"] for f in files if f is not bad} == {"default"}
+    assert len(digests) == 1 and len(digests.pop()) == 16
 
     assert result["published"] == 4
     assert outlet_events[ASSET].extra == {k: result[k] for k in outlet_events[ASSET].extra}

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from airflow_pseudo import __version__
 from airflow_pseudo.pseudonymisation import (
     BurnedInAnnotationError,
     PseudonymisationError,
@@ -253,7 +254,11 @@ class TestUIDs:
         assert [pseudonymiser.remap_uid(f"1.2.3.{i}", context) for i in range(25)] == first
 
     def test_registered_uids_never_remapped(self, pseudonymiser: Pseudonymiser):
-        """SOP classes, transfer syntaxes and coding scheme UIDs are kept at every depth."""
+        """SOP classes, transfer syntaxes and coding scheme UIDs are kept at every depth.
+
+        Only pydicom's UID dictionary makes a UID registered: the context group UID below
+        starts with the DICOM root but is not in it, so it is remapped like an instance UID.
+        """
         ds = make_instance("rtdose")
         code = Dataset()
         code.CodeValue = "113100"
@@ -268,7 +273,11 @@ class TestUIDs:
         assert out.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
         assert out.ReferencedSOPInstanceUID == "1.2.840.10008.1.2"
         assert out.PurposeOfReferenceCodeSequence[0].CodingSchemeUID == "1.2.840.10008.2.16.4"
-        assert out.PurposeOfReferenceCodeSequence[0].ContextUID == "1.2.840.10008.6.1.1"
+        context_uid = out.PurposeOfReferenceCodeSequence[0].ContextUID
+        assert context_uid == pseudonymiser.remap_uid(
+            "1.2.840.10008.6.1.1", pseudonymiser.context_for(None, None)
+        )
+        assert not context_uid.startswith("1.2.840.10008.")
         for seq in out.ReferencedRTPlanSequence:
             assert seq.ReferencedSOPClassUID == ds.ReferencedRTPlanSequence[0].ReferencedSOPClassUID
 
@@ -277,6 +286,7 @@ class TestUIDs:
         assert is_registered_uid(CTImageStorage)
         assert is_registered_uid("1.2.840.10008.1.2.4.50")
         assert not is_registered_uid("1.3.6.1.4.1.5962.1.2.1.20040119072730.12322")
+        assert not is_registered_uid("1.2.840.10008.99.1.2.3")  # the DICOM root alone is not
 
     def test_file_meta_follows_new_sop_instance(self, pseudonymiser: Pseudonymiser, ct: Dataset):
         """MediaStorageSOPInstanceUID equals the new SOPInstanceUID (PyMedPhys leaked it, 3)."""
@@ -406,8 +416,12 @@ class TestMarkers:
         """PatientIdentityRemoved, DeidentificationMethod and the method codes are set."""
         out = run(pseudonymiser, ct)
         assert out.PatientIdentityRemoved == "YES"
-        assert "airflow-pseudo" in out.DeidentificationMethod
-        assert "keyed" in out.DeidentificationMethod
+        method, *options = out.DeidentificationMethod
+        assert method == f"airflow-pseudo {__version__} keyed default {default_profile().digest}"
+        assert options == [
+            "Retain Longitudinal Temporal Information Modified Dates Option",
+            "Retain Patient Characteristics Option",
+        ]
         codes = [
             (i.CodeValue, i.CodingSchemeDesignator) for i in out.DeidentificationMethodCodeSequence
         ]
@@ -420,7 +434,7 @@ class TestMarkers:
         twice = run(pseudonymiser, once)
         methods = list(twice.DeidentificationMethod)
         assert methods[0] == "Site anonymiser v1"
-        assert len(methods) == 2 and "airflow-pseudo" in methods[1]
+        assert len(methods) == 4 and methods[1].startswith("airflow-pseudo ")
         assert len(twice.DeidentificationMethodCodeSequence) == 3
 
     def test_pymedphys_profile_names_strategy(self, ct: Dataset):

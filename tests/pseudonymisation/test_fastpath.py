@@ -58,8 +58,14 @@ def bundled_files() -> Iterator[Path]:
     return iter(sorted(p for p in TEST_FILES.rglob("*") if p.is_file()))
 
 
-def test_every_supported_bundled_file_matches_the_reference(settings: Settings):
-    """Over all of pydicom's test files, each fast output decodes to the reference output."""
+@pytest.mark.parametrize("profile", ["default", "basic", "research", "pymedphys"])
+def test_every_supported_bundled_file_matches_the_reference(profile: str):
+    """Over all of pydicom's test files, each fast output decodes to the reference output.
+
+    Every shipped profile; ``research`` keeps safe private attributes and cleans descriptions,
+    which the fast path leaves to the reference engine, so fewer files take the fast path.
+    """
+    settings = Settings(key=PseudonymKey(b"fast path differential test key"), profile=profile)
     compared = 0
     for path in bundled_files():
         with warnings.catch_warnings():
@@ -71,7 +77,7 @@ def test_every_supported_bundled_file_matches_the_reference(settings: Settings):
             reference = reference_bytes(path, settings)
         assert_same_decoded(fast, reference)
         compared += 1
-    assert compared >= 100, "the fast path should handle most bundled files"
+    assert compared >= (10 if profile == "research" else 100), "the fast path handles most"
 
 
 def _write(dataset: Dataset, path: Path, transfer_syntax: str, undefined_lengths: bool) -> Path:
@@ -110,10 +116,12 @@ def _generated(template: str) -> Dataset:
     ids=["explicit", "implicit"],
 )
 @pytest.mark.parametrize("undefined_lengths", [False, True], ids=["defined", "undefined"])
+@pytest.mark.parametrize("profile", ["default", "basic", "pymedphys"])
 def test_generated_datasets_match_the_reference(
-    tmp_path: Path, settings: Settings, template: str, transfer_syntax: str, undefined_lengths: bool
+    tmp_path: Path, template: str, transfer_syntax: str, undefined_lengths: bool, profile: str
 ):
     """Generated data (non-ASCII patients, nesting, private blocks in items) matches too."""
+    settings = Settings(key=PseudonymKey(b"fast path differential test key"), profile=profile)
     path = _write(_generated(template), tmp_path / "in.dcm", transfer_syntax, undefined_lengths)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -38,7 +38,7 @@ def action(profile, keyword: str) -> Action:  # type: ignore[no-untyped-def]
         ("EthnicGroup", Action.KEEP),
         ("PregnancyStatus", Action.KEEP),
         ("PatientAge", Action.REPLACE),
-        ("SOPClassUID", Action.KEEP),
+        ("SOPClassUID", Action.REMAP_UID),  # registered class UIDs map to themselves
         ("Modality", Action.KEEP),
         ("RequestAttributesSequence", Action.REMOVE),
     ],
@@ -126,7 +126,7 @@ def test_describe_lines():
     lines = list(default_profile().describe())
     assert lines[0].startswith("Profile 'default'")
     assert "(0010,0010) PatientName: replace (seed identifying keyword)" in lines
-    assert any(line.startswith("(6000,xxxx) group: remove") for line in lines)
+    assert any(line.startswith("(60xx,xxxx) group: remove") for line in lines)
     assert lines[-1] == "anything else: keep (not identifying by any rule)"
-    # header, one per tag rule, 16 curve + 16 overlay groups, 6 VR defaults, 3 closing lines
-    assert len(lines) == 1 + len(default_profile().rules) + 32 + 6 + 3
+    # header, options, one per tag rule, the 50xx and 60xx groups, 8 VR defaults, 3 closing
+    assert len(lines) == 2 + len(default_profile().rules) + 2 + 8 + 3
