@@ -161,7 +161,7 @@ def _pseudonymise(args: argparse.Namespace, out: TextIO) -> int:
         default_quarantine_dir,
         pseudonymise_files,
     )
-    from airflow_pseudo.pseudonymisation.files import iter_files
+    from airflow_pseudo.pseudonymisation.io.inputs import iter_files
 
     settings = _settings(args)
     source = Path(args.input)

@@ -18,8 +18,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, fastpath, pseudonymise_files
-from airflow_pseudo.pseudonymisation.fastpath import file_meta_bytes, file_view, pseudonymise_buffer
-from airflow_pseudo.pseudonymisation.files import read_dataset
+from airflow_pseudo.pseudonymisation.fastpath import file_meta_bytes, pseudonymise_buffer
+from airflow_pseudo.pseudonymisation.io import inputs
+from airflow_pseudo.pseudonymisation.io.inputs import file_view, read_dataset
 from airflow_pseudo.pseudonymisation.scanner import FastPathUnsupported, TruncatedFileError
 from airflow_pseudo.testing import make_instance, write_ct_copies
 
@@ -237,7 +238,7 @@ def test_file_view_reads_small_files_and_maps_large_ones_to_the_same_bytes(
 ):
     """Small files are read whole (cheaper), large ones mapped (never held twice): same output."""
     if how == "mapped":
-        monkeypatch.setattr(fastpath, "_READ_WHOLE_LIMIT", 0)
+        monkeypatch.setattr(inputs, "_READ_WHOLE_LIMIT", 0)
     source = Path(get_testdata_file("CT_small.dcm"))
     with file_view(source) as buffer:
         assert isinstance(buffer.obj, bytes) == (how == "read")

@@ -28,7 +28,7 @@ from airflow_pseudo.pseudonymisation import (
     pseudonymise_files,
     validate_results,
 )
-from airflow_pseudo.pseudonymisation import batch as batch_module
+from airflow_pseudo.pseudonymisation.io import batch as batch_module
 from airflow_pseudo.testing import make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -18,12 +18,8 @@ from airflow_pseudo.pseudonymisation import (
     UnsupportedInputError,
     pseudonymise_directory,
 )
-from airflow_pseudo.pseudonymisation.files import (
-    InputFolder,
-    InputOutsideRootError,
-    OutputFolder,
-    safe_join,
-)
+from airflow_pseudo.pseudonymisation.io.inputs import InputFolder, InputOutsideRootError
+from airflow_pseudo.pseudonymisation.io.outputs import OutputFolder, safe_join
 from airflow_pseudo.testing import make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

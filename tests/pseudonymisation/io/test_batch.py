@@ -21,7 +21,7 @@ from airflow_pseudo.pseudonymisation import (
     pseudonymise_directory,
     validate_results,
 )
-from airflow_pseudo.pseudonymisation.batch import default_output_dir, default_quarantine_dir
+from airflow_pseudo.pseudonymisation.io.batch import default_output_dir, default_quarantine_dir
 from airflow_pseudo.testing import FakePatient, make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -247,7 +247,8 @@ class TestWorkers:
         self, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
     ):
         """Every output is linked only after a sync that started once it was fully written."""
-        from airflow_pseudo.pseudonymisation import batch, durability, files
+        from airflow_pseudo.pseudonymisation.io import batch, durability
+        from airflow_pseudo.pseudonymisation.io import outputs as files
         from airflow_pseudo.testing import write_ct_copies
 
         sources = write_ct_copies(tmp_path / "in", batch.CHUNK_SIZE * 2 + 3)

@@ -11,15 +11,13 @@ from unittest import mock
 import pydicom
 import pytest
 
-from airflow_pseudo.pseudonymisation import files
-from airflow_pseudo.pseudonymisation.durability import sync_filesystem
 from airflow_pseudo.pseudonymisation.errors import ConfigurationError, UnsupportedInputError
-from airflow_pseudo.pseudonymisation.files import (
+from airflow_pseudo.pseudonymisation.io import outputs as files
+from airflow_pseudo.pseudonymisation.io.durability import sync_filesystem
+from airflow_pseudo.pseudonymisation.io.inputs import iter_files, read_dataset, sniff_dicom
+from airflow_pseudo.pseudonymisation.io.outputs import (
     check_not_inside,
-    iter_files,
-    read_dataset,
     safe_join,
-    sniff_dicom,
     stage,
     uid_relpath,
     write_atomically,
@@ -104,7 +102,7 @@ class TestWrite:
             raise RuntimeError("disk full")
 
         with (
-            mock.patch("airflow_pseudo.pseudonymisation.files.pydicom.dcmwrite", broken_write),
+            mock.patch("airflow_pseudo.pseudonymisation.io.outputs.pydicom.dcmwrite", broken_write),
             pytest.raises(RuntimeError),
         ):
             write_atomically(make_instance("ct"), target)

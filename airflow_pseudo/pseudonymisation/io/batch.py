@@ -20,26 +20,29 @@ from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
-from airflow_pseudo.pseudonymisation.durability import BackgroundSync
 from airflow_pseudo.pseudonymisation.errors import PseudonymisationError
-from airflow_pseudo.pseudonymisation.fastpath import file_view, pseudonymise_buffer
-from airflow_pseudo.pseudonymisation.files import (
+from airflow_pseudo.pseudonymisation.fastpath import pseudonymise_buffer
+from airflow_pseudo.pseudonymisation.io.durability import BackgroundSync
+from airflow_pseudo.pseudonymisation.io.inputs import (
     InputFolder,
     InputOutsideRootError,
+    file_view,
+    iter_files,
+    read_dataset,
+    sniff_dicom,
+)
+from airflow_pseudo.pseudonymisation.io.outputs import (
     OutputFolder,
     StagedFile,
     check_not_inside,
-    iter_files,
-    read_dataset,
     remove_stale_temporaries,
-    sniff_dicom,
     stage,
     uid_parts,
 )
+from airflow_pseudo.pseudonymisation.io.workers import Job, run_in_processes, run_overlapped
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.settings import Settings
 from airflow_pseudo.pseudonymisation.validation import validate_file
-from airflow_pseudo.pseudonymisation.workers import Job, run_in_processes, run_overlapped
 
 log = logging.getLogger(__name__)
 
