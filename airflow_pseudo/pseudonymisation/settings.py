@@ -12,6 +12,7 @@ from typing import Literal
 
 from airflow_pseudo.pseudonymisation.engine import Pseudonymiser
 from airflow_pseudo.pseudonymisation.errors import ConfigurationError, MissingKeyError
+from airflow_pseudo.pseudonymisation.io.inputs import DEFAULT_LIMITS, InputLimits
 from airflow_pseudo.pseudonymisation.keys import HOW_TO_PROVIDE, PseudonymKey
 from airflow_pseudo.pseudonymisation.profiles import PROFILES
 from airflow_pseudo.pseudonymisation.sources import KeyedSource, PseudonymSource, PyMedPhysSource
@@ -46,6 +47,8 @@ class Settings:
         (the default) syncs the file system once per chunk of files, then links them into place;
         ``file`` fsyncs each output; ``none`` leaves it to the OS: still atomic against a crash of
         the process, but a power cut may lose or empty recent outputs.
+    :param input_limits: bounds on one input's size and inflated size; a file over a bound
+        fails alone.
     """
 
     strategy: Literal["keyed", "pymedphys"] | str = "keyed"
@@ -61,6 +64,7 @@ class Settings:
     output_layout: str = "uids"
     engine: str = "auto"
     durability: str = "batch"
+    input_limits: InputLimits = DEFAULT_LIMITS
 
     def check(self) -> None:
         """Build everything once, so a bad setting fails before any file is touched."""

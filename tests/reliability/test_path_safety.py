@@ -4,6 +4,7 @@ test_bad_input.py.)"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path, PurePath
@@ -18,7 +19,11 @@ from airflow_pseudo.pseudonymisation import (
     UnsupportedInputError,
     pseudonymise_directory,
 )
-from airflow_pseudo.pseudonymisation.io.inputs import InputFolder, InputOutsideRootError
+from airflow_pseudo.pseudonymisation.io.inputs import (
+    InputFolder,
+    InputOutsideRootError,
+    NotRegularFileError,
+)
 from airflow_pseudo.pseudonymisation.io.outputs import OutputFolder, safe_join
 from airflow_pseudo.testing import make_instance
 
@@ -131,15 +136,15 @@ def test_a_remembered_input_folder_does_not_hide_a_link_then_dotdot(tmp_path: Pa
     (root / "x.dcm").write_bytes(b"inside")
     (root / "link").symlink_to(elsewhere / "deep")
     inputs = InputFolder(root)
-    inputs.check(root / "x.dcm")
+    os.close(inputs.open(root / "x.dcm"))
     with pytest.raises(InputOutsideRootError):
-        inputs.check(f"{root}/link/../x.dcm")
+        inputs.open(f"{root}/link/../x.dcm")
     (root / "sub").mkdir()
     (root / "sub" / "z.dcm").write_bytes(b"inside")
-    inputs.check(root / "sub" / "z.dcm")
+    os.close(inputs.open(root / "sub" / "z.dcm"))
     (root / "sub" / "y.dcm").symlink_to(elsewhere / "x.dcm")
-    with pytest.raises(InputOutsideRootError):  # a file that is a link, in a known folder
-        inputs.check(root / "sub" / "y.dcm")
+    with pytest.raises(NotRegularFileError):  # a file that is a link, in a known folder
+        inputs.open(root / "sub" / "y.dcm")
 
 
 def test_link_inside_output_folder_cannot_redirect_a_write(tmp_path: Path, key_bytes: bytes):
