@@ -10,6 +10,7 @@ nothing else.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -77,3 +78,15 @@ def pydicom_messages_by_tag() -> Iterator[None]:
         yield
     for message in dict.fromkeys(without_values(str(w.message)) for w in caught):
         log.warning("pydicom: %s", message)
+
+
+def printable(name: str | os.PathLike[str]) -> str:
+    """A file name safe to print: control characters (newlines, ANSI escapes...) escaped.
+
+    A name is the sender's text: printed raw, a newline forges a line of output and an escape
+    sequence rewrites the terminal.
+    """
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in os.fspath(name)
+    )
