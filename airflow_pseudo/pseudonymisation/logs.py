@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 _PYDICOM_LOGGER = "pydicom"
 _OPENING = re.compile(r"^[^'\"`:=<>{}\[\]()0-9]*")
-_SAFE_OPENING = re.compile(r"[^A-Za-z ,.\-]")
+_VR_CODE = re.compile(r"^[A-Z]{2}$")
 _TAG = re.compile(r"\(([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)")
 _VR = re.compile(r"\bVR\s+([A-Z]{2})\b")
 _WORD = re.compile(r"\b[A-Z][A-Za-z0-9]{2,63}\b")
@@ -31,7 +31,7 @@ _MAX_OPENING = 120
 
 def without_values(message: str) -> str:
     """The part of a pydicom message that cannot hold a DICOM value, and the attributes it names."""
-    opening = _SAFE_OPENING.sub("", _OPENING.match(message)[0])[:_MAX_OPENING]  # type: ignore[index]
+    opening = " ".join(_plain_words(_OPENING.match(message)[0]))[:_MAX_OPENING]  # type: ignore[index]
     named: list[str] = []
     for group, element in _TAG.findall(message):
         tag = int(group + element, 16)
@@ -40,9 +40,30 @@ def without_values(message: str) -> str:
         )
     named += [f"VR {vr}" for vr in _VR.findall(message)]
     named += [word for word in _WORD.findall(message) if tag_for_keyword(word) is not None]
-    text = " ".join(opening.split()).rstrip(" ,.-") or "a problem"
+    text = opening or "a problem"
     unique = list(dict.fromkeys(named))
     return text + (f" [{', '.join(unique)}]" if unique else "") + " (value withheld)"
+
+
+def _plain_words(text: str) -> list[str]:
+    """The words of pydicom's own wording: the first word, lower-case words and VR codes.
+
+    A value pydicom does not quote would be a capitalised or upper-case word, or hold digits or
+    other characters: all dropped.
+    """
+    words = [word.strip(",.;-") for word in text.split()]
+    return [
+        word
+        for index, word in enumerate(words)
+        if word.isascii()
+        and word.isalpha()
+        and (
+            index == 0
+            or word.islower()
+            or word == "VR"
+            or (_VR_CODE.match(word) and index > 0 and words[index - 1] == "VR")
+        )
+    ]
 
 
 class _WithoutValues(logging.Filter):

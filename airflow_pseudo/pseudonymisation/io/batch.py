@@ -39,12 +39,13 @@ from airflow_pseudo.pseudonymisation.io.outputs import (
 )
 from airflow_pseudo.pseudonymisation.io.quarantine import quarantine, quarantine_copy
 from airflow_pseudo.pseudonymisation.io.workers import Job, run_in_processes, run_overlapped
-from airflow_pseudo.pseudonymisation.logs import pydicom_messages_by_tag
+from airflow_pseudo.pseudonymisation.logs import install, pydicom_messages_by_tag
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.settings import Settings
 from airflow_pseudo.pseudonymisation.validation import validate_file
 
 log = logging.getLogger(__name__)
+install()  # pydicom's own log records quote values: rewritten wherever the core is imported
 
 PathLike = str | os.PathLike[str]
 Progress = Callable[[Any], None]
@@ -321,7 +322,8 @@ class _ValidationJob:
                 record.source, record.output, "skipped", [f"not validated: {record.status}"]
             )
         try:
-            problems = validate_file(record.source, record.output, settings=settings)
+            with pydicom_messages_by_tag():
+                problems = validate_file(record.source, record.output, settings=settings)
         except Exception as exc:
             problems = [f"validation could not run: {failure_reason(exc)}"]
         if not problems:
