@@ -17,7 +17,11 @@ from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
-from airflow_pseudo.pseudonymisation.errors import PseudonymisationError, UnsupportedInputError
+from airflow_pseudo.pseudonymisation.errors import (
+    BurnedInAnnotationError,
+    PseudonymisationError,
+    UnsupportedInputError,
+)
 from airflow_pseudo.pseudonymisation.fastpath import pseudonymise_buffer
 from airflow_pseudo.pseudonymisation.io.durability import BackgroundSync
 from airflow_pseudo.pseudonymisation.io.inputs import (
@@ -27,6 +31,7 @@ from airflow_pseudo.pseudonymisation.io.inputs import (
     iter_files,
     looks_like_dicom,
     parse_dataset,
+    read_header,
     read_input,
 )
 from airflow_pseudo.pseudonymisation.io.outputs import (
@@ -40,6 +45,7 @@ from airflow_pseudo.pseudonymisation.io.outputs import (
 from airflow_pseudo.pseudonymisation.io.quarantine import quarantine, quarantine_copy
 from airflow_pseudo.pseudonymisation.io.workers import Job, run_in_processes, run_overlapped
 from airflow_pseudo.pseudonymisation.logs import install, pydicom_messages_by_tag
+from airflow_pseudo.pseudonymisation.pixels import may_need_stripping, pixel_risk, strip_pixel_data
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.settings import Settings
 from airflow_pseudo.pseudonymisation.validation import validate_file
@@ -51,6 +57,8 @@ PathLike = str | os.PathLike[str]
 Progress = Callable[[Any], None]
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 _HEAD = 132  # the preamble and the DICM prefix: enough to recognise DICOM by content
+# What the pixel risk gate reads before choosing an engine.
+_GATE_KEYWORDS = ("SOPClassUID", "BurnedInAnnotation", "RecognizableVisualFeatures")
 CHUNK_SIZE = 64
 """Files per chunk: written together and made durable with one sync (``durability="batch"``)."""
 _T = TypeVar("_T")
@@ -225,7 +233,16 @@ class _FileJob:
         self, source: str, data: bytes, settings: Settings
     ) -> tuple[FileResult, StagedFile]:
         durable = settings.durability == "file"
-        if settings.engine == "auto":
+        header = read_header(data, _GATE_KEYWORDS)
+        if header is not None:
+            _check_pixel_risk(header, settings)
+        syntax = header.file_meta.get("TransferSyntaxUID") if header is not None else None
+        # Frames with segments to strip take the reference engine, which strips them.
+        if (
+            settings.engine == "auto"
+            and header is not None
+            and not may_need_stripping(syntax, data)
+        ):
             try:
                 fast = pseudonymise_buffer(memoryview(data), settings.pseudonymiser)
                 target = self._target(source, fast.uids, settings)
@@ -239,7 +256,10 @@ class _FileJob:
         dataset = parse_dataset(
             data, named_as_dicom=_named_as_dicom(source), limits=_limits(settings)
         )
+        if header is None:
+            _check_pixel_risk(dataset, settings)
         counts = settings.pseudonymiser.pseudonymise_in_place(dataset)
+        strip_pixel_data(dataset)
         target = self._target(source, dataset, settings)
         file = stage(dataset, target, durable=durable)
         return FileResult(source, target, engine="reference", changes=counts.to_dict()), file
@@ -353,6 +373,19 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"cannot read or write the file ({exc.strerror or type(exc).__name__})"
     return f"pseudonymisation failed ({type(exc).__name__})"
+
+
+def _check_pixel_risk(dataset: Dataset, settings: Settings) -> None:
+    """Refuse an image whose pixels likely identify the patient (see :mod:`.pixels`)."""
+    if settings.allow_burned_in:
+        return
+    risk = pixel_risk(
+        dataset.get("SOPClassUID"),
+        dataset.get("BurnedInAnnotation"),
+        dataset.get("RecognizableVisualFeatures"),
+    )
+    if risk:
+        raise BurnedInAnnotationError(risk)
 
 
 def _limits(settings: Settings) -> InputLimits:

@@ -42,6 +42,7 @@ _DEFLATED_META_VALUE = b"\x02\x00\x10\x00UI\x16\x00" + DeflatedExplicitVRLittleE
 _OPEN_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _CACHED_FOLDERS = 32
+_TOO_DEEP = "refused: sequences nested deeper than pydicom can read"
 
 # What an entry that is not a regular file is, by its file type: its record's reason.
 NOT_REGULAR_REASONS: dict[int, str] = {
@@ -328,11 +329,32 @@ def parse_dataset(
                 pass
     except (OSError, EOFError, UnsupportedInputError):
         raise
+    except RecursionError:
+        raise UnsupportedInputError(_TOO_DEEP) from None
     except Exception as exc:
         raise UnsupportedInputError(f"unreadable DICOM ({type(exc).__name__})") from None
     if not looks and "SOPInstanceUID" not in dataset:
         raise UnsupportedInputError("not a DICOM file (named as one, but nothing reads as DICOM)")
     return dataset
+
+
+def read_header(data: bytes, keywords: tuple[str, ...]) -> Dataset | None:
+    """The file meta and the top-level ``keywords`` of a whole file, without its pixel data.
+
+    None for a deflated file (pydicom would inflate all of it: :func:`parse_dataset` reads it
+    within bounds) and for what pydicom cannot read this way.
+    """
+    offset = _dataset_offset(data, deflated=False) if data[PREAMBLE_LENGTH:][:4] == MAGIC else 0
+    if offset and _DEFLATED_META_VALUE in data[:offset]:
+        return None
+    try:
+        return pydicom.dcmread(
+            io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(keywords)
+        )
+    except RecursionError:
+        raise UnsupportedInputError(_TOO_DEEP) from None
+    except Exception:
+        return None
 
 
 def _is_deflated(dataset: Dataset) -> bool:
