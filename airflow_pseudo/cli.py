@@ -50,9 +50,13 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep", nargs="*", default=[], metavar="KEYWORD", help="attributes to keep unchanged"
     )
     group.add_argument(
+        "--allow-identifying-pixels",
         "--allow-burned-in",
+        dest="allow_burned_in",
         action="store_true",
-        help="pseudonymise files whose BurnedInAnnotation is YES",
+        help="publish images whose pixels may identify the patient: BurnedInAnnotation YES, "
+        "RecognizableVisualFeatures YES, or a secondary capture, ultrasound or photograph "
+        "without BurnedInAnnotation (--allow-burned-in is the older name)",
     )
     group.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
 

@@ -37,7 +37,9 @@ class Settings:
     :param pymedphys_config: a PyMedPhys ``config.toml`` holding ``[pseudo] pepper`` and
         ``epoch_jitter``; ``pepper`` and ``epoch_jitter`` may be given directly instead.
     :param keep_keywords: attributes to keep unchanged, whatever the profile says.
-    :param allow_burned_in: pseudonymise files whose BurnedInAnnotation is YES.
+    :param allow_burned_in: publish images whose pixels may identify the patient: BurnedInAnnotation
+        YES, RecognizableVisualFeatures YES, or a class listed in
+        :data:`.pixels.BURNED_IN_TEXT_LIKELY` without BurnedInAnnotation.
     :param output_layout: ``uids`` names outputs ``<study>/<series>/<instance>.dcm`` by the
         pseudonymised UIDs; ``flat`` names them ``<instance>.dcm``; ``mirror`` keeps the input's
         relative paths (which may hold PHI).

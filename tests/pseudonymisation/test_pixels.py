@@ -151,3 +151,12 @@ def test_risky_images_are_quarantined_unless_allowed(tmp_path: Path, key_bytes: 
         incoming, tmp_path / "allowed", settings=dataclasses.replace(settings, allow_burned_in=True)
     )
     assert [r.status for r in allowed] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("option", ["--allow-identifying-pixels", "--allow-burned-in"])
+def test_both_option_names_allow(option: str):
+    """The older name keeps working."""
+    from airflow_pseudo.cli import build_parser
+
+    args = build_parser().parse_args(["pseudonymise", "in", option])
+    assert args.allow_burned_in is True
