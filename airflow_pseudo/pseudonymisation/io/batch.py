@@ -33,6 +33,7 @@ from airflow_pseudo.pseudonymisation.io.inputs import (
     parse_dataset,
     read_header,
     read_input,
+    transfer_syntax_of,
 )
 from airflow_pseudo.pseudonymisation.io.outputs import (
     OutputFolder,
@@ -45,7 +46,12 @@ from airflow_pseudo.pseudonymisation.io.outputs import (
 from airflow_pseudo.pseudonymisation.io.quarantine import quarantine, quarantine_copy
 from airflow_pseudo.pseudonymisation.io.workers import Job, run_in_processes, run_overlapped
 from airflow_pseudo.pseudonymisation.logs import install, pydicom_messages_by_tag
-from airflow_pseudo.pseudonymisation.pixels import may_need_stripping, pixel_risk, strip_pixel_data
+from airflow_pseudo.pseudonymisation.pixels import (
+    BURNED_IN_TEXT_LIKELY,
+    may_need_stripping,
+    pixel_risk,
+    strip_pixel_data,
+)
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.settings import Settings
 from airflow_pseudo.pseudonymisation.validation import validate_file
@@ -57,8 +63,9 @@ PathLike = str | os.PathLike[str]
 Progress = Callable[[Any], None]
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 _HEAD = 132  # the preamble and the DICM prefix: enough to recognise DICOM by content
-# What the pixel risk gate reads before choosing an engine.
+# What the pixel risk gate reads of a file the fast path rewrote, when it must read anything.
 _GATE_KEYWORDS = ("SOPClassUID", "BurnedInAnnotation", "RecognizableVisualFeatures")
+_RECOGNIZABLE_TAG = b"\x28\x00\x02\x03"  # (0028,0302) as written in little endian
 CHUNK_SIZE = 64
 """Files per chunk: written together and made durable with one sync (``durability="batch"``)."""
 _T = TypeVar("_T")
@@ -233,31 +240,24 @@ class _FileJob:
         self, source: str, data: bytes, settings: Settings
     ) -> tuple[FileResult, StagedFile]:
         durable = settings.durability == "file"
-        header = read_header(data, _GATE_KEYWORDS)
-        if header is not None:
-            _check_pixel_risk(header, settings)
-        syntax = header.file_meta.get("TransferSyntaxUID") if header is not None else None
         # Frames with segments to strip take the reference engine, which strips them.
-        if (
-            settings.engine == "auto"
-            and header is not None
-            and not may_need_stripping(syntax, data)
-        ):
+        if settings.engine == "auto" and not may_need_stripping(transfer_syntax_of(data), data):
             try:
                 fast = pseudonymise_buffer(memoryview(data), settings.pseudonymiser)
-                target = self._target(source, fast.uids, settings)
-                file = stage(fast.chunks, target, durable=durable)
-                result = FileResult(source, target, engine="fast", changes=fast.counts.to_dict())
-                return result, file
             except (PseudonymisationError, OSError):
                 raise
             except Exception as exc:  # FastPathUnsupported, or anything the fast parser met
                 log.debug("reference engine used: %s", failure_reason(exc))
+            else:
+                if _fast_output_passes_the_gate(data, fast.uids.get("SOPClassUID"), settings):
+                    target = self._target(source, fast.uids, settings)
+                    file = stage(fast.chunks, target, durable=durable)
+                    changes = fast.counts.to_dict()
+                    return FileResult(source, target, engine="fast", changes=changes), file
         dataset = parse_dataset(
             data, named_as_dicom=_named_as_dicom(source), limits=_limits(settings)
         )
-        if header is None:
-            _check_pixel_risk(dataset, settings)
+        _check_pixel_risk(dataset, settings)
         counts = settings.pseudonymiser.pseudonymise_in_place(dataset)
         strip_pixel_data(dataset)
         target = self._target(source, dataset, settings)
@@ -373,6 +373,25 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"cannot read or write the file ({exc.strerror or type(exc).__name__})"
     return f"pseudonymisation failed ({type(exc).__name__})"
+
+
+def _fast_output_passes_the_gate(data: bytes, sop_class: object, settings: Settings) -> bool:
+    """Apply the pixel risk gate to a file the fast path rewrote; False: let the reference decide.
+
+    Most files are of no listed class and hold no RecognizableVisualFeatures element (its tag's
+    bytes are absent): passed without parsing anything. The others have their header read.
+
+    :raises BurnedInAnnotationError: the image is refused.
+    """
+    if settings.allow_burned_in:
+        return True
+    if sop_class not in BURNED_IN_TEXT_LIKELY and _RECOGNIZABLE_TAG not in data:
+        return True
+    header = read_header(data, _GATE_KEYWORDS)
+    if header is None:
+        return False
+    _check_pixel_risk(header, settings)
+    return True
 
 
 def _check_pixel_risk(dataset: Dataset, settings: Settings) -> None:

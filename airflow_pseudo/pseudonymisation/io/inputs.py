@@ -42,6 +42,7 @@ _DEFLATED_META_VALUE = b"\x02\x00\x10\x00UI\x16\x00" + DeflatedExplicitVRLittleE
 _OPEN_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _CACHED_FOLDERS = 32
+_TRANSFER_SYNTAX_HEADER = b"\x02\x00\x10\x00UI"
 _TOO_DEEP = "refused: sequences nested deeper than pydicom can read"
 
 # What an entry that is not a regular file is, by its file type: its record's reason.
@@ -336,6 +337,19 @@ def parse_dataset(
     if not looks and "SOPInstanceUID" not in dataset:
         raise UnsupportedInputError("not a DICOM file (named as one, but nothing reads as DICOM)")
     return dataset
+
+
+def transfer_syntax_of(data: bytes) -> str | None:
+    """The TransferSyntaxUID of a file's meta group, read from its bytes; None without one."""
+    if data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + len(MAGIC)] != MAGIC:
+        return None
+    meta = data[: _dataset_offset(data, deflated=False)]
+    at = meta.find(_TRANSFER_SYNTAX_HEADER)
+    if at < 0:
+        return None
+    length = int.from_bytes(meta[at + 6 : at + 8], "little")
+    start = at + len(_TRANSFER_SYNTAX_HEADER) + 2
+    return meta[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
 
 
 def read_header(data: bytes, keywords: tuple[str, ...]) -> Dataset | None:
