@@ -7,6 +7,8 @@ another process while the batch reads it, and a deflate bomb inflated under a me
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 import socket
@@ -23,6 +25,7 @@ from typing import Any
 import pydicom
 import pytest
 
+from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise_directory
 from airflow_pseudo.testing import make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -289,3 +292,30 @@ def test_a_deflate_bomb_fails_alone_under_a_memory_limit(
     print(f"deflate bomb: {size} bytes -> {_INFLATED} bytes; peak RSS {peak_mib:.0f} MiB "
           f"in {time.monotonic() - started:.1f} s")  # fmt: skip
     assert peak_mib < 512
+
+
+def test_a_value_running_past_the_end_without_preamble_fails(tmp_path: Path, key_bytes: bytes):
+    """pydicom reads it leniently (losing everything after the short value); the run refuses it."""
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    dataset = make_instance("ct")
+    del dataset.file_meta
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, implicit_vr=False, little_endian=True)
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"\x08\x00\x20\x00DA")  # StudyDate: the UIDs and pixel data come after it
+    data[at + 6 : at + 8] = (0xFFF0).to_bytes(2, "little")
+    (incoming / "cut.dcm").write_bytes(bytes(data))
+    _write_ct(incoming / "good.dcm", 2)
+    settings = Settings(key=PseudonymKey(key_bytes))
+    for engine in ("auto", "reference"):
+        results = pseudonymise_directory(
+            incoming,
+            tmp_path / f"out-{engine}",
+            settings=dataclasses.replace(settings, engine=engine),
+        )
+        assert [(Path(r.source).name, r.status) for r in results] == [
+            ("cut.dcm", "failed"),
+            ("good.dcm", "ok"),
+        ]
+        assert results[0].reason == "truncated DICOM (unexpected end of file)"

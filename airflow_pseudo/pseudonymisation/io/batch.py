@@ -217,6 +217,11 @@ class _FileJob:
             return self._failed_reopened(result.source, exc)
         return result
 
+    def not_durable(self, result: FileResult, exc: OSError) -> FileResult:
+        """The record of an output never named: the sync meant to make it durable failed."""
+        reason = OSError(exc.errno, f"the output could not be synced: {exc.strerror}")
+        return self._failed_reopened(result.source, reason)
+
     def _failed(self, source: str, exc: Exception, *, copy_from: int | None = None) -> FileResult:
         """A failed record; a copy of the open input (if any) goes to the quarantine."""
         reason = failure_reason(exc)
@@ -303,7 +308,14 @@ class _StagedChunk:
         """Name each output once the sync is done, so no name ever points at unsynced data."""
         try:
             if self._sync is not None:
-                self._sync.wait()
+                try:
+                    self._sync.wait()
+                except OSError as exc:  # nothing written since the last sync is known durable
+                    self._sync = None
+                    return [
+                        result if file is None else self._job.not_durable(result, exc)
+                        for result, file in self._staged
+                    ]
             return [
                 self._job.commit(result, file, durable=self._durable)
                 for result, file in self._staged

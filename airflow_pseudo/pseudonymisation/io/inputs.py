@@ -88,20 +88,6 @@ def not_regular_reason(mode: int) -> str:
     return f"not a regular file: {kind}"
 
 
-def check_input_file(path: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> None:
-    """Refuse an input that is not a regular file inside ``root``, reached without links.
-
-    :raises InputOutsideRootError: the path leads outside ``root``.
-    :raises NotRegularFileError: a link, folder, FIFO, socket or device (or a link on the way).
-    :raises FileNotFoundError: the file does not exist.
-    """
-    folder = InputFolder(root)
-    try:
-        os.close(folder.open(path))
-    finally:
-        folder.close()
-
-
 class InputFolder:
     """Opens inputs below one input root, relative to folder descriptors, never following links.
 
