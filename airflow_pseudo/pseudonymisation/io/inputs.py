@@ -245,20 +245,25 @@ def read_input(fd: int, limits: InputLimits = DEFAULT_LIMITS) -> bytes:
     return data
 
 
+def read_file(path: str | os.PathLike[str], limits: InputLimits = DEFAULT_LIMITS) -> bytes:
+    """The whole content of a regular file named by a trusted path (see :func:`read_input`).
+
+    The last component is not followed if it is a link, and only a regular file is opened.
+    """
+    folder = InputFolder(None)
+    fd = folder.open(path)
+    try:
+        return read_input(fd, limits)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def file_view(
     path: str | os.PathLike[str], limits: InputLimits = DEFAULT_LIMITS
 ) -> Iterator[memoryview]:
-    """A read-only view of a whole regular file, read into memory (see :func:`read_input`)."""
-    fd = os.open(path, _OPEN_FILE)
-    try:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise NotRegularFileError(not_regular_reason(status.st_mode))
-        data = read_input(fd, limits)
-    finally:
-        os.close(fd)
-    yield memoryview(data)
+    """A read-only view of a whole regular file, read into memory (see :func:`read_file`)."""
+    yield memoryview(read_file(path, limits))
 
 
 def looks_like_dicom(head: bytes) -> bool:
@@ -284,8 +289,7 @@ def sniff_dicom(path: str | os.PathLike[str]) -> bool:
 
 def read_dataset(path: str | os.PathLike[str], *, named_as_dicom: bool = False) -> Dataset:
     """Read a whole DICOM file (pixel data included); see :func:`parse_dataset`."""
-    with file_view(path) as view:
-        return parse_dataset(view.obj, named_as_dicom=named_as_dicom)  # type: ignore[arg-type]
+    return parse_dataset(read_file(path), named_as_dicom=named_as_dicom)
 
 
 def parse_dataset(
