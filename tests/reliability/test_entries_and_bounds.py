@@ -250,16 +250,25 @@ print(json.dumps({"records": [r.to_dict() for r in results], "peak_kib": int(pea
 
 
 def _deflate_bomb(path: Path, rel: Any) -> int:
-    """A deflated CT whose dataset inflates to 3 GiB (zeros); returns its size on disk."""
+    """A deflated CT whose dataset inflates to 3 GiB (zeros); returns its size on disk.
+
+    Each piece ends with a full flush (byte-aligned, no reference to what came before), so one
+    compressed block of 16 MiB of zeros is simply repeated.
+    """
     pixels = struct.pack("<HH2s2xI", 0x7FE0, 0x0010, b"OB", _INFLATED)
-    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    zeros = bytes(16 << 20)
+
+    def deflated(data: bytes) -> bytes:
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return deflater.compress(data) + deflater.flush(zlib.Z_FULL_FLUSH)
+
+    zeros = 16 << 20
     with path.open("wb") as out:
         out.write(rel.file_meta("1.2.826.0.1.3680043.10.999.7.3", _DEFLATED))
-        out.write(deflater.compress(b"".join([*rel.base_dataset(7), pixels])))
-        for _ in range(_INFLATED // len(zeros)):
-            out.write(deflater.compress(zeros))
-        out.write(deflater.flush())
+        out.write(deflated(b"".join([*rel.base_dataset(7), pixels])))
+        block = deflated(bytes(zeros))
+        for _ in range(_INFLATED // zeros):
+            out.write(block)
+        out.write(zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS).flush())  # the final block
     return path.stat().st_size
 
 

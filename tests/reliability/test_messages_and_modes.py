@@ -17,6 +17,7 @@ from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise
 from airflow_pseudo.pseudonymisation.logs import printable, without_values
 from airflow_pseudo.testing import make_instance
 
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the tests plant such values
 WORKTREE = Path(__file__).resolve().parents[2]
 # A UID with a leading-zero component, as some vendors write them: pydicom warns, quoting it.
 PLANTED_UID = "1.2.826.0.1.3680043.10.0999.042"
