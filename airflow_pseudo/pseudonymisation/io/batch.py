@@ -136,7 +136,10 @@ def pseudonymise_files(
         Path(input_root).resolve() if input_root else None,
     )
     paths = [str(f) for f in files]
-    results = list(_run(job, paths, settings, workers, progress))
+    try:
+        results = list(_run(job, paths, settings, workers, progress))
+    finally:
+        job.inputs.close()  # the folder descriptors it kept open
     failed = sum(r.status == "failed" for r in results)
     log.info("pseudonymised %d files: %d failed", len(results), failed)
     return results

@@ -331,3 +331,14 @@ class TestPydicomTestFiles:
         failed = [(Path(v.source).name, v.problems) for v in verdicts if v.status == "failed"]
         assert failed == []
         assert sum(v.status == "ok" for v in verdicts) == statuses.count("ok")
+
+
+def test_a_batch_leaves_no_descriptor_open(tmp_path: Path, settings: Settings):
+    """The input folders' descriptors kept open during a run are closed at its end."""
+    for number in range(3):
+        path = tmp_path / "in" / f"sub{number}" / "a.dcm"
+        path.parent.mkdir(parents=True)
+        pydicom.dcmwrite(path, make_instance("ct", series=number + 1), enforce_file_format=True)
+    before = len(os.listdir("/proc/self/fd"))
+    pseudonymise_directory(tmp_path / "in", tmp_path / "out", settings=settings)
+    assert len(os.listdir("/proc/self/fd")) == before
