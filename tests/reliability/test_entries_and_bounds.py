@@ -26,6 +26,7 @@ import pydicom
 import pytest
 
 from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise_directory
+from airflow_pseudo.pseudonymisation.io.inputs import InputLimits
 from airflow_pseudo.testing import make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -242,6 +243,7 @@ _BOMB_RUN = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[3]), int(sys.argv[3])))
 from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise_directory
+from airflow_pseudo.pseudonymisation.io.inputs import InputLimits
 settings = Settings(key=PseudonymKey(bytes.fromhex(sys.argv[4])))
 results = pseudonymise_directory(sys.argv[1], sys.argv[2], settings=settings)
 peak = next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]
@@ -328,3 +330,20 @@ def test_a_value_running_past_the_end_without_preamble_fails(tmp_path: Path, key
             ("good.dcm", "ok"),
         ]
         assert results[0].reason == "truncated DICOM (unexpected end of file)"
+
+
+def test_a_file_over_the_size_bound_fails_alone(tmp_path: Path, key_bytes: bytes):
+    """max_file_bytes: the large file fails with the bound named and is quarantined whole."""
+    incoming = tmp_path / "in"
+    _write_ct(incoming / "a.dcm", 1)
+    big = make_instance("ct", patient=2, series=2)
+    big.PixelData = bytes(4 << 20)
+    big.Rows, big.Columns = 2048, 1024
+    pydicom.dcmwrite(incoming / "b.dcm", big, enforce_file_format=True)
+    settings = Settings(
+        key=PseudonymKey(key_bytes), input_limits=InputLimits(max_file_bytes=1 << 20)
+    )
+    results = pseudonymise_directory(incoming, tmp_path / "out", settings=settings, workers=2)
+    assert [r.status for r in results] == ["ok", "failed"]
+    assert "max_file_bytes" in (results[1].reason or "")
+    assert Path(results[1].quarantine or "").read_bytes() == (incoming / "b.dcm").read_bytes()
