@@ -7,6 +7,7 @@ processed), 2 for usage or configuration errors, reported in one line without a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -61,9 +62,13 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep", nargs="*", default=[], metavar="KEYWORD", help="attributes to keep unchanged"
     )
     group.add_argument(
+        "--allow-identifying-pixels",
         "--allow-burned-in",
+        dest="allow_burned_in",
         action="store_true",
-        help="pseudonymise files whose BurnedInAnnotation is YES",
+        help="publish images whose pixels may identify the patient: BurnedInAnnotation YES, "
+        "RecognizableVisualFeatures YES, or a secondary capture, ultrasound or photograph "
+        "without BurnedInAnnotation (--allow-burned-in is the older name)",
     )
     group.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
 
@@ -126,7 +131,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None) -> 
         command: Callable[[argparse.Namespace, TextIO], int] = _COMMANDS[args.command]
         return command(args, out)
     except (ConfigurationError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"airflow-pseudo: error: {exc}", file=sys.stderr)
+        from airflow_pseudo.pseudonymisation.logs import printable
+
+        print(f"airflow-pseudo: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -162,10 +169,54 @@ def _progress(total: int, label: str) -> Iterator[Callable[[Any], None] | None]:
 
 
 def _write_jsonl(path: str | None, records: Sequence[Any]) -> None:
+    from airflow_pseudo.pseudonymisation.io.records import ResultsFile
+
     if path:
-        with open(path, "w", encoding="utf-8") as stream:
+        with ResultsFile(path) as results:
             for record in records:
-                stream.write(json.dumps(record.to_dict()) + "\n")
+                results.write(record.to_dict())
+
+
+class _RecordsAsTheyCome:
+    """Writes each record to the results file as it arrives; remembers a failed write.
+
+    After a failed write no more records are written, and the outputs of the records missing
+    from the file are removed: no output is left that no record names.
+    """
+
+    def __init__(self, path: str | None, progress: Callable[[Any], None] | None) -> None:
+        from airflow_pseudo.pseudonymisation.io.records import ResultsFile
+
+        self.file = ResultsFile(path) if path else None
+        self.progress = progress
+        self.error: OSError | None = None
+
+    def __call__(self, result: Any) -> None:
+        if self.file is not None and self.error is None:
+            try:
+                self.file.write(result.to_dict())
+            except OSError as exc:
+                self.error = exc
+        if self.progress:
+            self.progress(result)
+
+    def finish(self, results: Sequence[Any]) -> int:
+        """Close the file; remove the outputs of unwritten records. Returns how many went."""
+        if self.file is None:
+            return 0
+        try:
+            self.file.close()
+        except OSError as exc:
+            self.error = self.error or exc
+        if self.error is None:
+            return 0
+        removed = 0
+        for result in results[self.file.written :]:
+            if result.output:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(result.output)
+                    removed += 1
+        return removed
 
 
 def _pseudonymise(args: argparse.Namespace, out: TextIO) -> int:
@@ -174,7 +225,8 @@ def _pseudonymise(args: argparse.Namespace, out: TextIO) -> int:
         default_quarantine_dir,
         pseudonymise_files,
     )
-    from airflow_pseudo.pseudonymisation.files import iter_files
+    from airflow_pseudo.pseudonymisation.io.inputs import iter_files
+    from airflow_pseudo.pseudonymisation.logs import printable
 
     settings = _settings(args)
     source = Path(args.input)
@@ -187,6 +239,7 @@ def _pseudonymise(args: argparse.Namespace, out: TextIO) -> int:
     output = Path(args.output) if args.output else default_output_dir(source)
     quarantine = Path(args.quarantine) if args.quarantine else default_quarantine_dir(output)
     with _progress(len(files), "pseudonymising") as progress:
+        records = _RecordsAsTheyCome(args.results, progress)
         results = pseudonymise_files(
             files,
             output,
@@ -194,24 +247,36 @@ def _pseudonymise(args: argparse.Namespace, out: TextIO) -> int:
             input_root=root,
             quarantine_dir=quarantine,
             workers=args.workers,
-            progress=progress,
+            progress=records,
         )
-    _write_jsonl(args.results, results)
+    removed = records.finish(results)
     counts = Counter(r.status for r in results)
+    copied = sum(1 for r in results if r.status == "failed" and r.quarantine)
     for result in results:
         if result.status == "failed":
-            print(f"failed: {result.source}: {result.reason}", file=out)
+            kept = "" if result.quarantine else " (not quarantined)"
+            print(f"failed: {printable(result.source)}: {result.reason}{kept}", file=out)
     print(
         f"pseudonymised {len(results)} files: {counts['ok']} ok, {counts['skipped']} skipped "
-        f"(not DICOM), {counts['failed']} failed; outputs in {output}"
-        + (f"; failed inputs copied to {quarantine}" if counts["failed"] else ""),
+        f"(not DICOM), {counts['failed']} failed; outputs in {printable(output)}"
+        + (f"; {copied} failed input(s) copied to {printable(quarantine)}" if copied else ""),
         file=out,
     )
+    if records.error is not None:
+        reason = records.error.strerror or type(records.error).__name__
+        print(
+            f"airflow-pseudo: error: the results file could not be written ({reason}): "
+            f"it holds the first {records.file.written if records.file else 0} records; "
+            f"{removed} output(s) without a record were removed",
+            file=sys.stderr,
+        )
+        return EXIT_FILES_FAILED
     return EXIT_FILES_FAILED if counts["failed"] else EXIT_OK
 
 
 def _validate(args: argparse.Namespace, out: TextIO) -> int:
     from airflow_pseudo.pseudonymisation import validate_results
+    from airflow_pseudo.pseudonymisation.logs import printable
 
     settings = _settings(args)
     with open(args.results, encoding="utf-8") as stream:
@@ -228,7 +293,8 @@ def _validate(args: argparse.Namespace, out: TextIO) -> int:
     counts = Counter(v.status for v in verdicts)
     for verdict in verdicts:
         if verdict.status == "failed":
-            print(f"invalid: {verdict.output}: {'; '.join(verdict.problems)}", file=out)
+            problems = "; ".join(verdict.problems)
+            print(f"invalid: {printable(verdict.output or '')}: {problems}", file=out)
     print(
         f"validated {len(verdicts)} records: {counts['ok']} ok, {counts['failed']} failed, "
         f"{counts['skipped']} not pseudonymised",

@@ -341,7 +341,7 @@ def _reap_workers() -> None:
     A batch returns once every result is in, without waiting for its workers' exit, and only
     reaped children appear in ``getrusage``.
     """
-    workers = sys.modules.get("airflow_pseudo.pseudonymisation.workers")
+    workers = sys.modules.get("airflow_pseudo.pseudonymisation.io.workers")
     if workers is not None:
         workers.reap_exited(wait=True)
 

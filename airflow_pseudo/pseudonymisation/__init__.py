@@ -19,13 +19,6 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
 from airflow_pseudo.pseudonymisation._seed_keywords import SEED_KEYWORDS
-from airflow_pseudo.pseudonymisation.batch import (
-    default_output_dir,
-    default_quarantine_dir,
-    pseudonymise_directory,
-    pseudonymise_files,
-    validate_results,
-)
 from airflow_pseudo.pseudonymisation.engine import Pseudonymiser
 from airflow_pseudo.pseudonymisation.errors import (
     BurnedInAnnotationError,
@@ -33,6 +26,13 @@ from airflow_pseudo.pseudonymisation.errors import (
     MissingKeyError,
     PseudonymisationError,
     UnsupportedInputError,
+)
+from airflow_pseudo.pseudonymisation.io.batch import (
+    default_output_dir,
+    default_quarantine_dir,
+    pseudonymise_directory,
+    pseudonymise_files,
+    validate_results,
 )
 from airflow_pseudo.pseudonymisation.keys import KEY_ENV_VAR, PseudonymKey, load_key
 from airflow_pseudo.pseudonymisation.policy.profile import (

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import itertools
 import mmap
-import os
 import struct
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -78,7 +76,6 @@ except ImportError:  # installed without a C compiler: the reference scanner, sl
 from airflow_pseudo.pseudonymisation.strategies import PseudonymContext, Strategy, keep_value
 
 PREAMBLE_AND_PREFIX = 132
-_READ_WHOLE_LIMIT = 1 << 20  # bytes: files up to this size are read, larger ones mapped
 # Real data nests a few levels (SR content trees a few dozen at most); far deeper nesting is
 # built to exhaust parsers, and pydicom cannot read it back.
 MAX_SEQUENCE_DEPTH = 64
@@ -126,45 +123,6 @@ class FastOutput:
     chunks: list[bytes | memoryview]
     uids: dict[str, str]  # keyword -> value: the UIDs that name the output and its file meta
     counts: ChangeCounts
-
-
-@contextmanager
-def file_view(path: str | os.PathLike[str]) -> Iterator[memoryview]:
-    """A read-only view of a whole file: read into memory when small, memory-mapped when large.
-
-    A large file (multi-frame pixel data) is mapped, so the output's chunks are slices of the map
-    and the file is never held twice; a small one costs less read than mapped. Chunks sliced from
-    a map may outlive the block (in an exception, say): the map is then closed when the last of
-    them is dropped instead of at the end of the block.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    try:
-        size = os.fstat(fd).st_size
-        if size <= _READ_WHOLE_LIMIT:
-            data: bytes | mmap.mmap = _read_whole(fd, size)
-        else:
-            data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    finally:
-        os.close(fd)
-    if isinstance(data, bytes):
-        yield memoryview(data)
-        return
-    try:
-        yield memoryview(data)
-    finally:
-        with suppress(BufferError):
-            data.close()
-
-
-def _read_whole(fd: int, size: int) -> bytes:
-    """``size`` bytes from ``fd``, fewer if the file shrank meanwhile; a read may come short."""
-    data = os.read(fd, size)
-    while len(data) < size:
-        block = os.read(fd, size - len(data))
-        if not block:
-            break
-        data += block
-    return data
 
 
 def pseudonymise_buffer(buffer: memoryview, pseudonymiser: Pseudonymiser) -> FastOutput:

@@ -18,8 +18,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, fastpath, pseudonymise_files
-from airflow_pseudo.pseudonymisation.fastpath import file_meta_bytes, file_view, pseudonymise_buffer
-from airflow_pseudo.pseudonymisation.files import read_dataset
+from airflow_pseudo.pseudonymisation.fastpath import file_meta_bytes, pseudonymise_buffer
+from airflow_pseudo.pseudonymisation.io.inputs import file_view, read_dataset
 from airflow_pseudo.pseudonymisation.scanner import FastPathUnsupported, TruncatedFileError
 from airflow_pseudo.testing import make_instance, write_ct_copies
 
@@ -237,29 +237,6 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path: Path):
     _, few, _ = _peak_kib(tmp_path / "few", tmp_path / "out-few")
     _, many, _ = _peak_kib(tmp_path / "many", tmp_path / "out-many")
     assert many - few < 16 * 1024
-
-
-@pytest.mark.parametrize("how", ["read", "mapped"])
-def test_file_view_reads_small_files_and_maps_large_ones_to_the_same_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Settings, how: str
-):
-    """Small files are read whole (cheaper), large ones mapped (never held twice): same output."""
-    if how == "mapped":
-        monkeypatch.setattr(fastpath, "_READ_WHOLE_LIMIT", 0)
-    source = Path(get_testdata_file("CT_small.dcm"))
-    with file_view(source) as buffer:
-        assert isinstance(buffer.obj, bytes) == (how == "read")
-        assert buffer.tobytes() == source.read_bytes()
-    assert fast_bytes(source, settings) == fast_bytes_with_default_view(source, settings)
-    empty = tmp_path / "empty.dcm"
-    empty.touch()
-    with file_view(empty) as buffer:
-        assert len(buffer) == 0
-
-
-def fast_bytes_with_default_view(path: Path, settings: Settings) -> bytes:
-    output = pseudonymise_buffer(memoryview(path.read_bytes()), settings.pseudonymiser)
-    return b"".join(bytes(chunk) for chunk in output.chunks)
 
 
 def test_any_view_of_a_file_gives_the_same_output(settings: Settings):

@@ -40,8 +40,8 @@ from airflow_pseudo.pseudonymisation.fastpath import (
     _dictionary_vr,
     _Plans,
     _read_file_meta,
-    file_view,
 )
+from airflow_pseudo.pseudonymisation.io.inputs import file_view
 from airflow_pseudo.pseudonymisation.scanner import (
     CHANGE,
     COPY,

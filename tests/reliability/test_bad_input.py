@@ -28,7 +28,7 @@ from airflow_pseudo.pseudonymisation import (
     pseudonymise_files,
     validate_results,
 )
-from airflow_pseudo.pseudonymisation import batch as batch_module
+from airflow_pseudo.pseudonymisation.io import batch as batch_module
 from airflow_pseudo.testing import make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -133,6 +133,9 @@ def _check_failures(results: list[Any]) -> None:
     for r in results:
         if r.status != "failed":
             continue
+        if r.quarantine is None:  # never opened (a link, say): nothing was copied
+            assert r.reason.startswith("not a regular file"), r
+            continue
         quarantined = Path(r.quarantine)
         assert os.path.lexists(quarantined), r
         note = json.loads(quarantined.with_suffix(".json").read_text())
@@ -194,9 +197,8 @@ def test_whole_corpus_in_one_run(
             assert by_name[name].status in statuses, (name, by_name[name].reason)
         refused = by_name[link.name]
         assert refused.status == "failed"
-        assert "outside the input folder" in (refused.reason or "")
-        # The link itself is quarantined, never its target's content.
-        assert Path(refused.quarantine).is_symlink()
+        assert refused.reason == "not a regular file: a symbolic link (links are not followed)"
+        assert refused.quarantine is None  # never opened: its target is never read or copied
         assert rel.digest_tree(incoming) == before
         assert rel.digest_tree(tmp_path / "outside") == outside_before
 
@@ -229,14 +231,18 @@ def test_deep_sequence_fails_at_pseudonymise(tmp_path: Path, rel: Any, settings:
     assert "nested deeper than" in (results[0].reason or "")
 
 
-def test_link_inside_input_folder_is_followed(tmp_path: Path, settings: Settings):
-    """A link to another file inside the input folder is an ordinary input."""
+def test_link_inside_input_folder_is_not_followed(tmp_path: Path, settings: Settings):
+    """A link, even to a file inside the input folder, is recorded as such and never followed."""
     incoming = tmp_path / "in"
     (incoming / "real").mkdir(parents=True)
     (incoming / "real" / "a.dcm").write_bytes(_ct())
     (incoming / "alias.dcm").symlink_to(incoming / "real" / "a.dcm")
     results = pseudonymise_directory(incoming, tmp_path / "out", settings=settings)
-    assert [r.status for r in results] == ["ok", "ok"]
+    assert [(Path(r.source).name, r.status) for r in results] == [
+        ("alias.dcm", "failed"),
+        ("a.dcm", "ok"),
+    ]
+    assert results[0].reason == "not a regular file: a symbolic link (links are not followed)"
 
 
 def test_linked_folder_outside_is_refused(tmp_path: Path, settings: Settings):
@@ -250,7 +256,7 @@ def test_linked_folder_outside_is_refused(tmp_path: Path, settings: Settings):
         [incoming / "linked" / "b.dcm"], tmp_path / "out", settings=settings, input_root=incoming
     )
     assert results[0].status == "failed"
-    assert "outside the input folder" in (results[0].reason or "")
+    assert "a folder in its path is a symbolic link" in (results[0].reason or "")
 
 
 def test_unreadable_inputs(tmp_path: Path, settings: Settings):

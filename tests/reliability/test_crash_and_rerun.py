@@ -100,7 +100,10 @@ def test_stale_temporary_of_a_dead_writer_is_removed(tmp_path: Path, rel: Any):
     """Only temporaries of dead writers on this host go; live ones and foreign ones stay."""
     import re
 
-    from airflow_pseudo.pseudonymisation.files import _temporary_prefix, remove_stale_temporaries
+    from airflow_pseudo.pseudonymisation.io.outputs import (
+        _temporary_prefix,
+        remove_stale_temporaries,
+    )
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -4,6 +4,7 @@ test_bad_input.py.)"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path, PurePath
@@ -17,13 +18,14 @@ from airflow_pseudo.pseudonymisation import (
     Settings,
     UnsupportedInputError,
     pseudonymise_directory,
+    pseudonymise_files,
 )
-from airflow_pseudo.pseudonymisation.files import (
+from airflow_pseudo.pseudonymisation.io.inputs import (
     InputFolder,
     InputOutsideRootError,
-    OutputFolder,
-    safe_join,
+    NotRegularFileError,
 )
+from airflow_pseudo.pseudonymisation.io.outputs import OutputFolder, safe_join
 from airflow_pseudo.testing import make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -135,15 +137,15 @@ def test_a_remembered_input_folder_does_not_hide_a_link_then_dotdot(tmp_path: Pa
     (root / "x.dcm").write_bytes(b"inside")
     (root / "link").symlink_to(elsewhere / "deep")
     inputs = InputFolder(root)
-    inputs.check(root / "x.dcm")
+    os.close(inputs.open(root / "x.dcm"))
     with pytest.raises(InputOutsideRootError):
-        inputs.check(f"{root}/link/../x.dcm")
+        inputs.open(f"{root}/link/../x.dcm")
     (root / "sub").mkdir()
     (root / "sub" / "z.dcm").write_bytes(b"inside")
-    inputs.check(root / "sub" / "z.dcm")
+    os.close(inputs.open(root / "sub" / "z.dcm"))
     (root / "sub" / "y.dcm").symlink_to(elsewhere / "x.dcm")
-    with pytest.raises(InputOutsideRootError):  # a file that is a link, in a known folder
-        inputs.check(root / "sub" / "y.dcm")
+    with pytest.raises(NotRegularFileError):  # a file that is a link, in a known folder
+        inputs.open(root / "sub" / "y.dcm")
 
 
 def test_link_inside_output_folder_cannot_redirect_a_write(tmp_path: Path, key_bytes: bytes):
@@ -178,3 +180,59 @@ def test_kept_uids_cannot_steer_the_output_name(tmp_path: Path, key_bytes: bytes
     assert result.status == "failed", result
     assert "escape" in (result.reason or "")
     assert [p for p in tmp_path.iterdir() if p.suffix == ".dcm"] == []
+
+
+_SWAPPER = """
+import os, sys, time
+sub, parked, outside, stop = sys.argv[1:5]
+while not os.path.exists(stop):
+    os.rename(sub, parked)
+    os.symlink(outside, sub)
+    time.sleep(0.0002)
+    os.unlink(sub)
+    os.rename(parked, sub)
+    time.sleep(0.0002)
+"""
+
+
+def test_a_folder_swapped_for_a_link_during_runs_never_leaks_the_outside(
+    tmp_path: Path, key_bytes: bytes
+):
+    """Another process swaps ``in/sub`` for a link to ``outside`` thousands of times meanwhile.
+
+    Outside files have the same names and distinct pixel bytes: no output and no quarantine
+    copy ever holds them, and every input still gets exactly one record per run.
+    """
+    incoming, outside = tmp_path / "in", tmp_path / "outside"
+    (incoming / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for number in range(1, 9):
+        for folder, fill in ((incoming / "sub", b"\x01"), (outside, b"\x07")):
+            ds = make_instance("ct", patient=number, series=number)
+            ds.PixelData = fill * len(ds.PixelData)
+            pydicom.dcmwrite(folder / f"{number}.dcm", ds, enforce_file_format=True)
+    outside_pixels = b"\x07" * 4096
+    settings = Settings(key=PseudonymKey(key_bytes))
+    sources = [incoming / "sub" / f"{number}.dcm" for number in range(1, 9)]
+    stop = tmp_path / "stop"
+    swapper = subprocess.Popen(
+        [sys.executable, "-c", _SWAPPER, str(incoming / "sub"), str(incoming / "parked"),
+         str(outside), str(stop)]
+    )  # fmt: skip
+    try:
+        statuses: set[str] = set()
+        for attempt in range(40):
+            output = tmp_path / f"out-{attempt}"
+            results = pseudonymise_files(sources, output, settings=settings, input_root=incoming)
+            assert [r.source for r in results] == [str(s) for s in sources]
+            statuses.update(r.status for r in results)
+            for path in [
+                *output.rglob("*.dcm"),
+                *(tmp_path / f"out-{attempt}-quarantine").rglob("*"),
+            ]:
+                assert outside_pixels not in path.read_bytes(), path
+    finally:
+        stop.touch()
+        swapper.wait(timeout=30)
+    assert "ok" in statuses  # the race was not so one-sided that nothing was ever read
+    assert "failed" in statuses  # and the swap was met: a link on the way is refused

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from airflow_pseudo.pseudonymisation.engine import Pseudonymiser
 from airflow_pseudo.pseudonymisation.errors import ConfigurationError, MissingKeyError
+from airflow_pseudo.pseudonymisation.io.inputs import DEFAULT_LIMITS, InputLimits
 from airflow_pseudo.pseudonymisation.keys import HOW_TO_PROVIDE, PseudonymKey
 from airflow_pseudo.pseudonymisation.policy.profile import Profile, resolve_profile
 from airflow_pseudo.pseudonymisation.sources import KeyedSource, PseudonymSource, PyMedPhysSource
@@ -78,6 +79,8 @@ class Recipe:
         (the default) syncs the file system once per chunk of files, then links them into place;
         ``file`` fsyncs each output; ``none`` leaves it to the OS: still atomic against a crash of
         the process, but a power cut may lose or empty recent outputs.
+    :param input_limits: bounds on one input's size and inflated size; a file over a bound
+        fails alone.
     """
 
     strategy: Literal["keyed", "pymedphys"] | str = "keyed"
@@ -94,6 +97,7 @@ class Recipe:
     engine: str = "auto"
     durability: str = "batch"
     options: tuple[str, ...] = ()
+    input_limits: InputLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if self.date_shift_days is not None:

@@ -21,7 +21,7 @@ from airflow_pseudo.pseudonymisation import (
     pseudonymise_directory,
     validate_results,
 )
-from airflow_pseudo.pseudonymisation.batch import default_output_dir, default_quarantine_dir
+from airflow_pseudo.pseudonymisation.io.batch import default_output_dir, default_quarantine_dir
 from airflow_pseudo.testing import FakePatient, make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -247,7 +247,8 @@ class TestWorkers:
         self, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
     ):
         """Every output is linked only after a sync that started once it was fully written."""
-        from airflow_pseudo.pseudonymisation import batch, durability, files
+        from airflow_pseudo.pseudonymisation.io import batch, durability
+        from airflow_pseudo.pseudonymisation.io import outputs as files
         from airflow_pseudo.testing import write_ct_copies
 
         sources = write_ct_copies(tmp_path / "in", batch.CHUNK_SIZE * 2 + 3)
@@ -312,8 +313,13 @@ class TestValidateResults:
 
 class TestPydicomTestFiles:
     def test_every_bundled_file(self, pydicom_test_files: Path, tmp_path: Path, settings: Settings):
-        """Each pydicom test file gets one record, nothing raises, every ok output validates."""
+        """Each pydicom test file gets one record, nothing raises, every ok output validates.
+
+        Secondary captures and ultrasound are allowed here (the pixel risk gate would refuse
+        them), so that their compressed frames go through segment stripping and validation.
+        """
         inputs = sorted(str(p) for p in pydicom_test_files.rglob("*") if p.is_file())
+        settings = dataclasses.replace(settings, allow_burned_in=True)
         results = pseudonymise_directory(pydicom_test_files, tmp_path / "out", settings=settings)
         assert [r.source for r in results] == inputs
         statuses = [r.status for r in results]
@@ -325,3 +331,14 @@ class TestPydicomTestFiles:
         failed = [(Path(v.source).name, v.problems) for v in verdicts if v.status == "failed"]
         assert failed == []
         assert sum(v.status == "ok" for v in verdicts) == statuses.count("ok")
+
+
+def test_a_batch_leaves_no_descriptor_open(tmp_path: Path, settings: Settings):
+    """The input folders' descriptors kept open during a run are closed at its end."""
+    for number in range(3):
+        path = tmp_path / "in" / f"sub{number}" / "a.dcm"
+        path.parent.mkdir(parents=True)
+        pydicom.dcmwrite(path, make_instance("ct", series=number + 1), enforce_file_format=True)
+    before = len(os.listdir("/proc/self/fd"))
+    pseudonymise_directory(tmp_path / "in", tmp_path / "out", settings=settings)
+    assert len(os.listdir("/proc/self/fd")) == before

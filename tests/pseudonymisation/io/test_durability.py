@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_pseudo.pseudonymisation import durability
-from airflow_pseudo.pseudonymisation.durability import BackgroundSync, sync_filesystem
+from airflow_pseudo.pseudonymisation.io import durability
+from airflow_pseudo.pseudonymisation.io.durability import BackgroundSync, sync_filesystem
 
 
 def test_sync_filesystem_refuses_a_missing_folder(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""Tests for file I/O: recognising DICOM by content, atomic writes and safe output names."""
+"""Tests for writing outputs: atomic writes and safe output names."""
 
 from __future__ import annotations
 
@@ -11,69 +11,17 @@ from unittest import mock
 import pydicom
 import pytest
 
-from airflow_pseudo.pseudonymisation import files
-from airflow_pseudo.pseudonymisation.durability import sync_filesystem
 from airflow_pseudo.pseudonymisation.errors import ConfigurationError, UnsupportedInputError
-from airflow_pseudo.pseudonymisation.files import (
+from airflow_pseudo.pseudonymisation.io import outputs as files
+from airflow_pseudo.pseudonymisation.io.durability import sync_filesystem
+from airflow_pseudo.pseudonymisation.io.outputs import (
     check_not_inside,
-    iter_files,
-    read_dataset,
     safe_join,
-    sniff_dicom,
     stage,
     uid_relpath,
     write_atomically,
 )
 from airflow_pseudo.testing import make_instance
-
-
-@pytest.fixture
-def ct_file(tmp_path: Path) -> Path:
-    """A CT instance written as a DICOM file without a .dcm suffix."""
-    path = tmp_path / "IMG0001"
-    pydicom.dcmwrite(path, make_instance("ct"), enforce_file_format=True)
-    return path
-
-
-class TestSniff:
-    def test_dicom_without_extension_recognised(self, ct_file: Path):
-        """A file with the DICM prefix is DICOM whatever its name."""
-        assert sniff_dicom(ct_file)
-
-    def test_bare_dataset_recognised(self, tmp_path: Path):
-        """A dataset without preamble (like rtstruct.dcm) is recognised by its first group."""
-        path = tmp_path / "bare"
-        ds = make_instance("rtstruct")
-        pydicom.dcmwrite(path, ds, enforce_file_format=False)
-        assert sniff_dicom(path)
-
-    @pytest.mark.parametrize(
-        "content", [b"", b"hello world, this is a text file\n", b"\x89PNG\r\n\x1a\n" + b"0" * 200]
-    )
-    def test_non_dicom_rejected(self, tmp_path: Path, content: bytes):
-        """Text, images and empty files are not DICOM, even when named .dcm."""
-        path = tmp_path / "fake.dcm"
-        path.write_bytes(content)
-        assert not sniff_dicom(path)
-
-    def test_read_refuses_non_dicom(self, tmp_path: Path):
-        """read_dataset refuses a non-DICOM file with a reason and no traceback of pydicom."""
-        path = tmp_path / "notes.txt"
-        path.write_text("Patient: Doe^John\n" * 20)
-        with pytest.raises(UnsupportedInputError, match="not a DICOM file") as info:
-            read_dataset(path)
-        assert "Doe" not in str(info.value)
-
-
-class TestIterFiles:
-    def test_sorted_recursive_hidden_included(self, tmp_path: Path):
-        """Every file below the folder is listed sorted by path text, hidden files included."""
-        for name in ("b/2", "b/1", "a", ".hidden", "c/d/e", "z", "a-b/x"):
-            path = tmp_path / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"x")
-        listed = [p.relative_to(tmp_path).as_posix() for p in iter_files(tmp_path)]
-        assert listed == [".hidden", "a", "a-b/x", "b/1", "b/2", "c/d/e", "z"]
 
 
 @pytest.fixture(params=["unnamed", "named"])
@@ -104,7 +52,7 @@ class TestWrite:
             raise RuntimeError("disk full")
 
         with (
-            mock.patch("airflow_pseudo.pseudonymisation.files.pydicom.dcmwrite", broken_write),
+            mock.patch("airflow_pseudo.pseudonymisation.io.outputs.pydicom.dcmwrite", broken_write),
             pytest.raises(RuntimeError),
         ):
             write_atomically(make_instance("ct"), target)

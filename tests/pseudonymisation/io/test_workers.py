@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from airflow_pseudo.pseudonymisation import workers
-from airflow_pseudo.pseudonymisation.workers import StartMethod, chunk_bounds, run_in_processes
+from airflow_pseudo.pseudonymisation.io import workers
+from airflow_pseudo.pseudonymisation.io.workers import StartMethod, chunk_bounds, run_in_processes
 
 
 class SquareOrDie:

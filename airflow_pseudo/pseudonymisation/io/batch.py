@@ -9,43 +9,63 @@ the same as with one worker.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
-from airflow_pseudo.pseudonymisation.durability import BackgroundSync
-from airflow_pseudo.pseudonymisation.errors import PseudonymisationError
-from airflow_pseudo.pseudonymisation.fastpath import file_view, pseudonymise_buffer
-from airflow_pseudo.pseudonymisation.files import (
+from airflow_pseudo.pseudonymisation.errors import (
+    BurnedInAnnotationError,
+    PseudonymisationError,
+    UnsupportedInputError,
+)
+from airflow_pseudo.pseudonymisation.fastpath import pseudonymise_buffer
+from airflow_pseudo.pseudonymisation.io.durability import BackgroundSync
+from airflow_pseudo.pseudonymisation.io.inputs import (
+    DEFAULT_LIMITS,
     InputFolder,
-    InputOutsideRootError,
+    InputLimits,
+    iter_files,
+    looks_like_dicom,
+    parse_dataset,
+    read_header,
+    read_input,
+    transfer_syntax_of,
+)
+from airflow_pseudo.pseudonymisation.io.outputs import (
     OutputFolder,
     StagedFile,
     check_not_inside,
-    iter_files,
-    read_dataset,
     remove_stale_temporaries,
-    sniff_dicom,
     stage,
     uid_parts,
+)
+from airflow_pseudo.pseudonymisation.io.quarantine import quarantine, quarantine_copy
+from airflow_pseudo.pseudonymisation.io.workers import Job, run_in_processes, run_overlapped
+from airflow_pseudo.pseudonymisation.logs import install, pydicom_messages_by_tag
+from airflow_pseudo.pseudonymisation.pixels import (
+    BURNED_IN_TEXT_LIKELY,
+    may_need_stripping,
+    pixel_risk,
+    strip_pixel_data,
 )
 from airflow_pseudo.pseudonymisation.policy.recipe import Settings
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.validation import validate_file
-from airflow_pseudo.pseudonymisation.workers import Job, run_in_processes, run_overlapped
 
 log = logging.getLogger(__name__)
+install()  # pydicom's own log records quote values: rewritten wherever the core is imported
 
 PathLike = str | os.PathLike[str]
 Progress = Callable[[Any], None]
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+_HEAD = 132  # the preamble and the DICM prefix: enough to recognise DICOM by content
+# What the pixel risk gate reads of a file the fast path rewrote, when it must read anything.
+_GATE_KEYWORDS = ("SOPClassUID", "BurnedInAnnotation", "RecognizableVisualFeatures")
+_RECOGNIZABLE_TAG = b"\x28\x00\x02\x03"  # (0028,0302) as written in little endian
 CHUNK_SIZE = 64
 """Files per chunk: written together and made durable with one sync (``durability="batch"``)."""
 _T = TypeVar("_T")
@@ -116,7 +136,10 @@ def pseudonymise_files(
         Path(input_root).resolve() if input_root else None,
     )
     paths = [str(f) for f in files]
-    results = list(_run(job, paths, settings, workers, progress))
+    try:
+        results = list(_run(job, paths, settings, workers, progress))
+    finally:
+        job.inputs.close()  # the folder descriptors it kept open
     failed = sum(r.status == "failed" for r in results)
     log.info("pseudonymised %d files: %d failed", len(results), failed)
     return results
@@ -167,16 +190,25 @@ class _FileJob:
         return _StagedChunk(self, staged, durability=settings.durability)
 
     def _stage(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile | None]:
-        try:
-            self.inputs.check(source)
-            if not _named_as_dicom(source) and not sniff_dicom(source):
-                return FileResult(source, status="skipped", reason="not a DICOM file"), None
-            return self._pseudonymise(source, settings)
-        except Exception as exc:
-            # A link leading outside the input folder is quarantined as the link itself: its
-            # target is exactly what must not be read.
-            outside = isinstance(exc, InputOutsideRootError)
-            return self._failed(source, exc, follow_symlinks=not outside), None
+        with pydicom_messages_by_tag():
+            try:
+                fd = self.inputs.open(source)
+            except Exception as exc:  # not opened: nothing that could be copied safely
+                return self._failed(source, exc), None
+            try:
+                return self._stage_open(source, fd, settings)
+            except Exception as exc:
+                return self._failed(source, exc, copy_from=fd), None
+            finally:
+                os.close(fd)
+
+    def _stage_open(
+        self, source: str, fd: int, settings: Settings
+    ) -> tuple[FileResult, StagedFile | None]:
+        data = read_input(fd, _limits(settings))
+        if not _named_as_dicom(source) and not looks_like_dicom(data[:_HEAD]):
+            return FileResult(source, status="skipped", reason="not a DICOM file"), None
+        return self._pseudonymise(source, data, settings)
 
     def commit(self, result: FileResult, file: StagedFile | None, *, durable: bool) -> FileResult:
         """Name an output (``durable``: synced, its pages are released); a failure is the file's."""
@@ -185,39 +217,63 @@ class _FileJob:
         try:
             file.commit(release_pages=durable)
         except Exception as exc:
-            return self._failed(result.source, exc)
+            return self._failed_reopened(result.source, exc)
         return result
 
-    def _failed(self, source: str, exc: Exception, *, follow_symlinks: bool = True) -> FileResult:
+    def not_durable(self, result: FileResult, exc: OSError) -> FileResult:
+        """The record of an output never named: the sync meant to make it durable failed."""
+        reason = OSError(exc.errno, f"the output could not be synced: {exc.strerror}")
+        return self._failed_reopened(result.source, reason)
+
+    def _failed(self, source: str, exc: Exception, *, copy_from: int | None = None) -> FileResult:
+        """A failed record; a copy of the open input (if any) goes to the quarantine."""
         reason = failure_reason(exc)
         result = FileResult(source, status="failed", reason=reason)
-        result.quarantine = quarantine(
-            source, reason, self.quarantine_dir, follow_symlinks=follow_symlinks
-        )
+        if copy_from is not None:
+            result.quarantine = quarantine_copy(copy_from, source, reason, self.quarantine_dir)
         return result
 
-    def _pseudonymise(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile]:
+    def _failed_reopened(self, source: str, exc: Exception) -> FileResult:
+        """A failed record for an input no longer open: opened again (safely) to be copied."""
+        try:
+            fd = self.inputs.open(source)
+        except Exception:
+            return self._failed(source, exc)
+        try:
+            return self._failed(source, exc, copy_from=fd)
+        finally:
+            os.close(fd)
+
+    def _pseudonymise(
+        self, source: str, data: bytes, settings: Settings
+    ) -> tuple[FileResult, StagedFile]:
         durable = settings.durability == "file"
-        if settings.engine == "auto":
+        # Frames with segments to strip take the reference engine, which strips them.
+        if settings.engine == "auto" and not may_need_stripping(transfer_syntax_of(data), data):
             try:
-                with file_view(source) as buffer:
-                    fast = pseudonymise_buffer(buffer, settings.pseudonymiser)
-                    target = self._target(source, fast.uids, settings)
-                    file = stage(fast.chunks, target, durable=durable)
-                result = FileResult(
-                    source,
-                    target,
-                    engine="fast",
-                    changes=fast.counts.to_dict(),
-                    **settings.pseudonymiser.record_fields(),
-                )
-                return result, file
+                fast = pseudonymise_buffer(memoryview(data), settings.pseudonymiser)
             except (PseudonymisationError, OSError):
                 raise
             except Exception as exc:  # FastPathUnsupported, or anything the fast parser met
                 log.debug("reference engine used: %s", failure_reason(exc))
-        dataset = read_dataset(source, named_as_dicom=_named_as_dicom(source))
+            else:
+                if _fast_output_passes_the_gate(data, fast.uids.get("SOPClassUID"), settings):
+                    target = self._target(source, fast.uids, settings)
+                    file = stage(fast.chunks, target, durable=durable)
+                    result = FileResult(
+                        source,
+                        target,
+                        engine="fast",
+                        changes=fast.counts.to_dict(),
+                        **settings.pseudonymiser.record_fields(),
+                    )
+                    return result, file
+        dataset = parse_dataset(
+            data, named_as_dicom=_named_as_dicom(source), limits=_limits(settings)
+        )
+        _check_pixel_risk(dataset, settings)
         counts = settings.pseudonymiser.pseudonymise_in_place(dataset)
+        strip_pixel_data(dataset)
         target = self._target(source, dataset, settings)
         file = stage(dataset, target, durable=durable)
         result = FileResult(
@@ -231,12 +287,8 @@ class _FileJob:
 
     def crashed(self, source: str) -> FileResult:
         """The record of a file whose worker process died while pseudonymising it."""
-        reason = "the worker process died while pseudonymising this file"
-        return FileResult(
-            source,
-            status="failed",
-            reason=reason,
-            quarantine=quarantine(source, reason, self.quarantine_dir),
+        return self._failed_reopened(
+            source, UnsupportedInputError("the worker process died while pseudonymising this file")
         )
 
     def _target(self, source: str, dataset: Dataset | Mapping[str, str], settings: Settings) -> str:
@@ -272,7 +324,14 @@ class _StagedChunk:
         """Name each output once the sync is done, so no name ever points at unsynced data."""
         try:
             if self._sync is not None:
-                self._sync.wait()
+                try:
+                    self._sync.wait()
+                except OSError as exc:  # nothing written since the last sync is known durable
+                    self._sync = None
+                    return [
+                        result if file is None else self._job.not_durable(result, exc)
+                        for result, file in self._staged
+                    ]
             return [
                 self._job.commit(result, file, durable=self._durable)
                 for result, file in self._staged
@@ -311,7 +370,8 @@ class _ValidationJob:
                 record.source, record.output, "skipped", [f"not validated: {record.status}"]
             )
         try:
-            problems = validate_file(record.source, record.output, settings=settings)
+            with pydicom_messages_by_tag():
+                problems = validate_file(record.source, record.output, settings=settings)
         except Exception as exc:
             problems = [f"validation could not run: {failure_reason(exc)}"]
         if not problems:
@@ -334,6 +394,8 @@ def failure_reason(exc: BaseException) -> str:
         )
     if isinstance(exc, FileNotFoundError):
         return "the file disappeared before it could be read"
+    if isinstance(exc, MemoryError):
+        return "not enough memory to process the file"
     if isinstance(exc, EOFError):
         return "truncated DICOM (unexpected end of file)"
     if isinstance(exc, OSError):
@@ -341,37 +403,41 @@ def failure_reason(exc: BaseException) -> str:
     return f"pseudonymisation failed ({type(exc).__name__})"
 
 
-def quarantine(
-    source: PathLike,
-    reason: str,
-    folder: Path,
-    *,
-    move: bool = False,
-    follow_symlinks: bool = True,
-) -> str | None:
-    """Put a copy of ``source`` (moved, for rejected outputs) in ``folder`` with its reason.
+def _fast_output_passes_the_gate(data: bytes, sop_class: object, settings: Settings) -> bool:
+    """Apply the pixel risk gate to a file the fast path rewrote; False: let the reference decide.
 
-    With ``follow_symlinks=False`` a symbolic link is copied as a link, its target never read.
+    Most files are of no listed class and hold no RecognizableVisualFeatures element (its tag's
+    bytes are absent): passed without parsing anything. The others have their header read.
 
-    The quarantined name is a digest of the source path, so it carries no identifying text.
+    :raises BurnedInAnnotationError: the image is refused.
     """
-    token = hashlib.sha256(os.fsencode(os.path.abspath(source))).hexdigest()[:20]
-    target = folder / f"{token}.dcm"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{token}.json").write_text(
-            json.dumps({"source": str(source), "reason": reason}, indent=2) + "\n"
-        )
-        if move:
-            shutil.move(source, target)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target)  # a link copied by an earlier run would be followed
-            shutil.copyfile(source, target, follow_symlinks=follow_symlinks)
-    except OSError as exc:
-        log.warning("could not quarantine a file: %s", exc.strerror or type(exc).__name__)
-        return None
-    return str(target)
+    if settings.allow_burned_in:
+        return True
+    if sop_class not in BURNED_IN_TEXT_LIKELY and _RECOGNIZABLE_TAG not in data:
+        return True
+    header = read_header(data, _GATE_KEYWORDS)
+    if header is None:
+        return False
+    _check_pixel_risk(header, settings)
+    return True
+
+
+def _check_pixel_risk(dataset: Dataset, settings: Settings) -> None:
+    """Refuse an image whose pixels likely identify the patient (see :mod:`.pixels`)."""
+    if settings.allow_burned_in:
+        return
+    risk = pixel_risk(
+        dataset.get("SOPClassUID"),
+        dataset.get("BurnedInAnnotation"),
+        dataset.get("RecognizableVisualFeatures"),
+    )
+    if risk:
+        raise BurnedInAnnotationError(risk)
+
+
+def _limits(settings: Settings) -> InputLimits:
+    """The settings' input limits (a Settings pickled by an older version has none)."""
+    return getattr(settings, "input_limits", DEFAULT_LIMITS)
 
 
 def _named_as_dicom(path: str) -> bool:
