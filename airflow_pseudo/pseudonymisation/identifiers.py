@@ -34,7 +34,15 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID_dictionary
 from pydicom.valuerep import PersonName
 
-__all__ = ["Finding", "Identifier", "InstanceIdentifiers", "Kind", "is_registered_uid"]
+__all__ = [
+    "Finding",
+    "Identifier",
+    "InstanceIdentifiers",
+    "Kind",
+    "encodings_for",
+    "is_registered_uid",
+    "keyword_kind",
+]
 
 Kind = Literal["name", "id", "date", "uid", "path", "address", "phone", "institution"]
 
@@ -177,6 +185,11 @@ _SKIPPED_VRS = frozenset(
     {"AT", "FD", "FL", "SL", "SS", "SV", "UL", "US", "UV", "OB", "OD", "OF", "OL", "OV", "OW"}
     | {"UN", "IS", "DS", "TM", "CS", "AS"}
 )
+
+
+def keyword_kind(keyword: str) -> Kind | None:
+    """The kind of identifier an attribute holds by its meaning (PN and UI aside)."""
+    return _KEYWORD_KINDS.get(keyword)
 
 
 def is_registered_uid(uid: str) -> bool:

@@ -1,0 +1,181 @@
+"""The runner: read the original and the output once each, run every check, give a verdict.
+
+The output is read as bytes and walked once (:mod:`.layout`); the evidence search scans it once
+(:mod:`.evidence`); the release checks read the few values they need (:mod:`.conformance`);
+with the key, the anchors' pseudonyms are recomputed and compared (:mod:`.keys`). Without a key
+the key-free checks run and the verdict says the key checks were skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from airflow_pseudo.pseudonymisation.errors import MissingKeyError
+from airflow_pseudo.pseudonymisation.identifiers import InstanceIdentifiers
+from airflow_pseudo.pseudonymisation.validation.conformance import (
+    marker_problems,
+    original_values,
+    private_problems,
+    uid_problems,
+    value_problems,
+)
+from airflow_pseudo.pseudonymisation.validation.evidence import residue_problems
+from airflow_pseudo.pseudonymisation.validation.keys import key_problems
+from airflow_pseudo.pseudonymisation.validation.layout import UnreadableOutputError, read_layout
+from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
+
+if TYPE_CHECKING:
+    from airflow_pseudo.pseudonymisation.engine import Pseudonymiser
+    from airflow_pseudo.pseudonymisation.profiles import Profile
+    from airflow_pseudo.pseudonymisation.settings import Settings
+
+KeyChecks = Literal["passed", "failed", "skipped"]
+
+
+@dataclass
+class Verdict:
+    """The problems of one output (empty: valid) and the outcome of the key checks."""
+
+    problems: list[str] = field(default_factory=list)
+    key_checks: KeyChecks = "skipped"
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the output must show: the pseudonymiser (``None`` without a key) and the markers.
+
+    :param method_codes: the CID 7050 codes the profile writes.
+    :param profile_digest: the digest of the profile used, when the result record has it.
+    """
+
+    pseudonymiser: Pseudonymiser | None
+    method_codes: Sequence[str]
+    profile_digest: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        method_codes: Sequence[str] | None = None,
+        profile_digest: str | None = None,
+    ) -> Expectations:
+        """Expectations from the run's settings and, when given, its result record's fields."""
+        try:
+            pseudonymiser: Pseudonymiser | None = settings.pseudonymiser
+        except MissingKeyError:
+            pseudonymiser = None
+        if method_codes is None:
+            profile = (
+                pseudonymiser.profile if pseudonymiser is not None else _keyless_profile(settings)
+            )
+            method_codes = [code for code, _ in profile.method_codes()]
+        return cls(pseudonymiser, tuple(method_codes), profile_digest)
+
+
+def validate_output(
+    original: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    settings: Settings,
+    method_codes: Sequence[str] | None = None,
+    profile_digest: str | None = None,
+) -> Verdict:
+    """Check ``output`` as a pseudonymisation of ``original``; each file is read once.
+
+    :param method_codes: from the result record (``method_codes``); else the profile's.
+    :param profile_digest: from the result record (``profile_digest``); else not checked.
+    """
+    expectations = Expectations.from_settings(
+        settings, method_codes=method_codes, profile_digest=profile_digest
+    )
+    try:
+        data = Path(output).read_bytes()
+    except OSError as exc:
+        return Verdict([f"output unreadable ({exc.strerror or type(exc).__name__})"])
+    try:
+        with quiet_pydicom("original"):
+            source = pydicom.dcmread(original, force=True)
+    except Exception as exc:
+        return Verdict([f"original unreadable ({type(exc).__name__})"])
+    return check(source, data, expectations, source_path=os.fspath(original))
+
+
+def check(
+    original: Dataset,
+    output: bytes,
+    expectations: Expectations,
+    *,
+    source_path: str | None = None,
+) -> Verdict:
+    """Every check of one output (its bytes) against its original (read, not yet decoded)."""
+    try:
+        layout = read_layout(output)
+    except UnreadableOutputError as exc:
+        return Verdict([f"output unreadable ({exc})"])
+    with quiet_pydicom("original"):
+        values = original_values(original)
+        identifiers = InstanceIdentifiers.from_dataset(original, source_path)
+    problems = list(residue_problems(layout, identifiers))
+    problems += uid_problems(layout)
+    with quiet_pydicom("output"):
+        problems += value_problems(layout, values)
+    problems += private_problems(layout, expectations.method_codes)
+    problems += marker_problems(layout, expectations.method_codes, expectations.profile_digest)
+    key_checks: KeyChecks = "skipped"
+    if expectations.pseudonymiser is not None:
+        with quiet_pydicom("original"):
+            wrong = list(key_problems(original, layout, expectations.pseudonymiser))
+        problems += wrong
+        key_checks = "failed" if wrong else "passed"
+    return Verdict(list(dict.fromkeys(problems)), key_checks)
+
+
+def validate_file(
+    original: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    settings: Settings,
+) -> list[str]:
+    """Return the problems of ``output`` as a pseudonymisation of ``original`` (empty: valid)."""
+    return validate_output(original, output, settings=settings).problems
+
+
+def validate_dataset(original: Dataset, output: Dataset, pseudonymiser: Pseudonymiser) -> list[str]:
+    """Return the problems of ``output`` as a pseudonymisation of ``original`` (empty: valid).
+
+    Both are encoded as files first, so the checks see exactly the bytes a file would hold.
+    """
+    expectations = Expectations(
+        pseudonymiser, tuple(code for code, _ in pseudonymiser.profile.method_codes())
+    )
+    with quiet_pydicom("original"):
+        source = pydicom.dcmread(io.BytesIO(_encoded(original)), force=True)
+    return check(source, _encoded(output), expectations).problems
+
+
+def _encoded(dataset: Dataset) -> bytes:
+    """The dataset as a file; file meta as it is when complete (pydicom would correct it)."""
+    buffer = io.BytesIO()
+    meta = getattr(dataset, "file_meta", None)
+    complete = getattr(dataset, "preamble", None) is not None and "TransferSyntaxUID" in (
+        meta or {}
+    )
+    with quiet_pydicom("output"):
+        dataset.save_as(buffer, enforce_file_format=not complete)
+    return buffer.getvalue()
+
+
+def _keyless_profile(settings: Settings) -> Profile:
+    """The run's profile, which needs no key (the pseudonymiser does)."""
+    from airflow_pseudo.pseudonymisation.profiles import PROFILES
+
+    return PROFILES[settings.profile](settings.keep_keywords)
