@@ -9,8 +9,9 @@ encodings its SpecificCharacterSet implies. Whether a match counts depends on wh
 - a date of birth or death: anywhere, except in a date, time or number attribute that is not
   itself a birth or death date (shifted dates may land on it by chance);
 - an ID made of digits: never in a number, date, time or UID attribute;
-- an ambiguous value (a short ID, a short or everyday-word name): only in a text attribute, and
-  a name only in a person-name attribute or as a whole value.
+- an ambiguous value (a short ID, a short or everyday-word name): only in free text (not in
+  coded strings, which are the standard's words), and a name only in a person-name attribute
+  or as a whole value.
 
 A problem names the attribute and the kind of identifier, never the value.
 """
@@ -43,7 +44,9 @@ KIND_LABELS = {
     "phone": "a telephone number",
     "institution": "an institution name",
 }
-TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
+FREE_TEXT_VRS = frozenset({"LO", "LT", "PN", "ST", "UC", "UT"})
+"""Where people write. Short strings (SH: code values, time zone offsets, station names), coded
+strings, AE titles and URLs are full of short numbers and the standard's words."""
 NUMERIC_TEXT_VRS = frozenset({"AS", "DA", "DS", "DT", "IS", "TM", "UI"})
 
 
@@ -93,7 +96,7 @@ def _counts(layout: Layout, element: Element, finding: Finding, start: int, end:
         return False
     if not finding.ambiguous:
         return True
-    if vr not in TEXT_VRS:
+    if vr not in FREE_TEXT_VRS:
         return False
     if finding.kind in ("id", "phone"):
         return True
