@@ -249,8 +249,22 @@ class InstanceIdentifiers:
         :param dataset: the original instance (file meta and every sequence item are searched).
         :param source_path: the input's path, whose components may name the patient.
         """
+        return cls.from_values(_text_values(dataset), source_path)
+
+    @classmethod
+    def from_values(
+        cls,
+        values: Iterable[tuple[str, str, str]],
+        source_path: str | os.PathLike[str] | None = None,
+    ) -> InstanceIdentifiers:
+        """Derive the identifiers from an original's decoded values, as :meth:`from_dataset`.
+
+        :param values: ``(keyword, VR, value)`` of (at least) every PN and UI value and every
+            value of an attribute :func:`keyword_kind` knows, at every depth.
+        :param source_path: the input's path, whose components may name the patient.
+        """
         found: list[Identifier] = []
-        for keyword, vr, value in _text_values(dataset):
+        for keyword, vr, value in values:
             kind: Kind | None = _KEYWORD_KINDS.get(keyword)
             if vr == "PN":
                 kind = "name"
@@ -353,8 +367,8 @@ def _ranked(form: str, kinds: dict[tuple[Kind, bool], None]) -> tuple[_Needle, .
 
 def _encoded_forms(needle: str, encodings: tuple[str, ...]) -> Iterator[str]:
     """The needle as searched: itself for text, else its bytes in each encoding, as Latin-1."""
-    if not encodings:
-        yield needle
+    if not encodings or needle.isascii():
+        yield needle  # every DICOM character set encodes ASCII as ASCII
         return
     table = _lowering_table(encodings)
     for variant in {needle, needle.upper(), needle.title()}:

@@ -8,7 +8,7 @@ a pseudonym on its own: the same source, profile and strategies make what is exp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -20,28 +20,27 @@ from airflow_pseudo.pseudonymisation.validation.values import text
 IDENTITY_ANCHORS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 DATE_ANCHORS = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
 """The first of these the original has shows the patient's date shift."""
+ANCHORS: dict[str, int] = {
+    keyword: tag
+    for keyword in IDENTITY_ANCHORS + DATE_ANCHORS
+    if (tag := tag_for_keyword(keyword)) is not None
+}
 
 
-def key_problems(original: Dataset, layout: Layout, pseudonymiser: Pseudonymiser) -> Iterator[str]:
-    """Each anchor whose output value is not the pseudonym the key gives the original's."""
-    anchors = Dataset()
-    for keyword in IDENTITY_ANCHORS:
-        _copy(original, anchors, keyword)
-    for keyword in DATE_ANCHORS:
-        if _copy(original, anchors, keyword):
-            break
-    expected = pseudonymiser.pseudonymise_dataset(anchors)[0]
-    for element in anchors:
-        tag = tag_for_keyword(element.keyword)
-        assert tag is not None  # the anchors are dictionary keywords
-        wanted = str(expected.get(element.keyword, "") or "").strip("\x00 ")
-        if text(layout, layout.top_level(tag)) != wanted:
-            yield f"{element.keyword} is not the pseudonym the key gives the original's"
+def key_problems(
+    anchors: Mapping[str, str], layout: Layout, pseudonymiser: Pseudonymiser
+) -> Iterator[str]:
+    """Each anchor whose output value is not the pseudonym the key gives the original's.
 
-
-def _copy(original: Dataset, anchors: Dataset, keyword: str) -> bool:
-    value = original.get(keyword)
-    if value in (None, "") or str(value).strip("\x00 ") == "":
-        return False
-    setattr(anchors, keyword, value)
-    return True
+    :param anchors: keyword -> the original's value, for the anchors it has.
+    """
+    chosen = [keyword for keyword in IDENTITY_ANCHORS if keyword in anchors]
+    chosen += [keyword for keyword in DATE_ANCHORS if keyword in anchors][:1]
+    expected = Dataset()
+    for keyword in chosen:
+        setattr(expected, keyword, anchors[keyword])
+    pseudonymiser.pseudonymise_in_place(expected)
+    for keyword in chosen:
+        wanted = str(expected.get(keyword, "") or "").strip("\x00 ")
+        if text(layout, layout.top_level(ANCHORS[keyword])) != wanted:
+            yield f"{keyword} is not the pseudonym the key gives the original's"

@@ -68,7 +68,7 @@ class Element:
 
     @property
     def keyword(self) -> str:
-        return keyword_for_tag(self.tag) or ""
+        return _keyword(self.tag)
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class Layout:
     segments: list[Segment] = field(default_factory=list)
     little_endian: bool = True
     _starts: list[int] = field(default_factory=list, repr=False)
+    _top: dict[int, Element] | None = field(default=None, repr=False)
 
     def element_at(self, position: int) -> Element | None:
         """The element whose value holds ``position``, if any."""
@@ -111,10 +112,12 @@ class Layout:
 
     def top_level(self, tag: int) -> Element | None:
         """The top-level (or file meta) element with ``tag``."""
-        for element in self.elements:
-            if element.tag == tag and not element.path:
-                return element
-        return None
+        if self._top is None:
+            self._top = {}
+            for element in self.elements:
+                if not element.path:
+                    self._top.setdefault(element.tag, element)
+        return self._top.get(tag)
 
     def nested(self, sequence: int, tag: int) -> Iterator[Element]:
         """Elements ``tag`` in the items of top-level sequence ``sequence``."""
@@ -323,6 +326,11 @@ def _searched(
     if position < size:
         ranges.append((position, size))
     return ranges
+
+
+@lru_cache(maxsize=8192)
+def _keyword(tag: int) -> str:
+    return keyword_for_tag(tag) or ""
 
 
 @lru_cache(maxsize=8192)

@@ -15,14 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import pydicom
 from pydicom.dataset import Dataset
 
 from airflow_pseudo.pseudonymisation.errors import MissingKeyError
-from airflow_pseudo.pseudonymisation.identifiers import InstanceIdentifiers
 from airflow_pseudo.pseudonymisation.validation.conformance import (
     marker_problems,
-    original_values,
     private_problems,
     uid_problems,
     value_problems,
@@ -30,6 +27,7 @@ from airflow_pseudo.pseudonymisation.validation.conformance import (
 from airflow_pseudo.pseudonymisation.validation.evidence import residue_problems
 from airflow_pseudo.pseudonymisation.validation.keys import key_problems
 from airflow_pseudo.pseudonymisation.validation.layout import UnreadableOutputError, read_layout
+from airflow_pseudo.pseudonymisation.validation.original import Original, read_original
 from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
 
 if TYPE_CHECKING:
@@ -102,38 +100,28 @@ def validate_output(
     except OSError as exc:
         return Verdict([f"output unreadable ({exc.strerror or type(exc).__name__})"])
     try:
-        with quiet_pydicom("original"):
-            source = pydicom.dcmread(original, force=True)
+        source = read_original(Path(original).read_bytes(), os.fspath(original))
     except Exception as exc:
         return Verdict([f"original unreadable ({type(exc).__name__})"])
-    return check(source, data, expectations, source_path=os.fspath(original))
+    return check(source, data, expectations)
 
 
-def check(
-    original: Dataset,
-    output: bytes,
-    expectations: Expectations,
-    *,
-    source_path: str | None = None,
-) -> Verdict:
-    """Every check of one output (its bytes) against its original (read, not yet decoded)."""
+def check(original: Original, output: bytes, expectations: Expectations) -> Verdict:
+    """Every check of one output (its bytes) against what its original holds."""
     try:
         layout = read_layout(output)
     except UnreadableOutputError as exc:
         return Verdict([f"output unreadable ({exc})"])
-    with quiet_pydicom("original"):
-        values = original_values(original)
-        identifiers = InstanceIdentifiers.from_dataset(original, source_path)
-    problems = list(residue_problems(layout, identifiers))
+    problems = list(residue_problems(layout, original.identifiers))
     problems += uid_problems(layout)
     with quiet_pydicom("output"):
-        problems += value_problems(layout, values)
+        problems += value_problems(layout, original.values)
     problems += private_problems(layout, expectations.method_codes)
     problems += marker_problems(layout, expectations.method_codes, expectations.profile_digest)
     key_checks: KeyChecks = "skipped"
     if expectations.pseudonymiser is not None:
         with quiet_pydicom("original"):
-            wrong = list(key_problems(original, layout, expectations.pseudonymiser))
+            wrong = list(key_problems(original.anchors, layout, expectations.pseudonymiser))
         problems += wrong
         key_checks = "failed" if wrong else "passed"
     return Verdict(list(dict.fromkeys(problems)), key_checks)
@@ -157,9 +145,7 @@ def validate_dataset(original: Dataset, output: Dataset, pseudonymiser: Pseudony
     expectations = Expectations(
         pseudonymiser, tuple(code for code, _ in pseudonymiser.profile.method_codes())
     )
-    with quiet_pydicom("original"):
-        source = pydicom.dcmread(io.BytesIO(_encoded(original)), force=True)
-    return check(source, _encoded(output), expectations).problems
+    return check(read_original(_encoded(original)), _encoded(output), expectations).problems
 
 
 def _encoded(dataset: Dataset) -> bytes:

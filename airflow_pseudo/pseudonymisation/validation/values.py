@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydicom.charset import convert_encodings, decode_bytes
 
 from airflow_pseudo.pseudonymisation.validation.layout import Element, Layout
@@ -30,6 +32,14 @@ def text(layout: Layout, element: Element | None) -> str:
     """The first value of a text element, or ``""``."""
     values = texts(layout, element)
     return values[0] if values else ""
+
+
+@lru_cache(maxsize=256)
+def _encodings(terms: tuple[str, ...]) -> list[str]:
+    try:
+        return convert_encodings(list(terms) or ["ISO_IR 6"])
+    except Exception:  # an unknown character set: read the ASCII that any of them shares
+        return ["iso8859"]
 
 
 _DECODED_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
