@@ -7,10 +7,11 @@ people write them, addresses, telephone numbers, institution and department name
 non-registered UIDs and the components of the input path), each with its kind.
 
 :class:`InstanceIdentifiers` compiles them into one Aho-Corasick automaton (pyahocorasick), so
-finding all of them costs one pass over the data, whatever their number. Each match is then kept
-only if its boundaries fit its kind: a name on word boundaries, case-insensitively; an ID, a date
-or a UID only as a whole token, never digits inside a UID or a longer number. Values too short or
-too common to prove anything alone (a four-digit ID, a two-letter name, a name that is an ordinary
+finding all of them costs one pass over the data, whatever their number. Each match is then
+kept only if its boundaries fit its kind: a name on word boundaries,
+case-insensitively; an ID, a date or a UID only as a whole token, never digits inside a UID or a
+longer number. Values too short or too common to prove anything alone (a four-digit ID, a
+two-letter name, a name that is an ordinary
 word of the standard's vocabulary) are marked :attr:`Finding.ambiguous`, so the caller can demand
 supporting context (a person-name attribute, a whole value) before reporting them.
 """
@@ -234,10 +235,11 @@ class InstanceIdentifiers:
 
     def __init__(self, identifiers: Iterable[Identifier]) -> None:
         self.identifiers: tuple[Identifier, ...] = tuple(dict.fromkeys(identifiers))
-        self._needles: dict[str, list[tuple[Kind, bool]]] = {}
+        needles: dict[str, dict[tuple[Kind, bool], None]] = {}
         for identifier in self.identifiers:
-            for needle, ambiguous in _needles(identifier):
-                self._needles.setdefault(needle, []).append((identifier.kind, ambiguous))
+            for needle, ambiguous in _cached_needles(identifier):
+                needles.setdefault(needle, {})[identifier.kind, ambiguous] = None
+        self._needles = tuple((n, tuple(kinds)) for n, kinds in needles.items())
         self._automata: dict[tuple[str, ...], Any] = {}
 
     @classmethod
@@ -275,7 +277,7 @@ class InstanceIdentifiers:
                     found.append(Identifier("uid", value))
                 continue
             if kind is not None:
-                found.extend(_identifiers_of(kind, value))
+                found.extend(_cached_identifiers_of(kind, value))
         if source_path is not None:
             found.extend(_path_identifiers(source_path))
         return cls(found)
@@ -305,11 +307,15 @@ class InstanceIdentifiers:
         :param lowered: ``text`` is already in lower case.
         """
         key = tuple(encodings) if encodings is not None else ()
-        automaton = self._automaton(key)
-        if automaton is None:
-            return
         haystack = text if lowered else _lower_same_length(text)
         size = len(haystack)
+        if not self._needles:
+            return
+        if key not in self._automata:
+            self._automata[key] = _automaton(self._needles, key)
+        automaton = self._automata[key]
+        if automaton is None:
+            return
         for last, needles in automaton.iter(haystack):
             for needle in needles:
                 start = last + 1 - needle.length
@@ -332,21 +338,38 @@ class InstanceIdentifiers:
         kept.append(text[position:])
         return re.sub(r"\s{2,}", " ", "".join(kept)).strip()
 
-    def _automaton(self, encodings: tuple[str, ...]) -> Any:
-        if encodings in self._automata:
-            return self._automata[encodings]
-        merged: dict[str, dict[tuple[Kind, bool], None]] = {}
-        for needle, kinds in self._needles.items():
-            for form in _encoded_forms(needle, encodings):
-                merged.setdefault(form, {}).update(dict.fromkeys(kinds))
-        automaton = None
-        if merged:
-            automaton = ahocorasick.Automaton()
-            for form, form_kinds in merged.items():
-                automaton.add_word(form, _ranked(form, form_kinds))
-            automaton.make_automaton()
-        self._automata[encodings] = automaton
-        return automaton
+
+def _automaton(
+    needles: Iterable[tuple[str, tuple[tuple[Kind, bool], ...]]], encodings: tuple[str, ...]
+) -> Any:
+    """One automaton over every needle, in every encoding."""
+    merged: dict[str, tuple[_Needle, ...]] = {}
+    for needle, kinds in needles:
+        for form, ranked in _forms(needle, kinds, encodings):
+            known = merged.get(form)
+            merged[form] = ranked if known is None else _merge(known, ranked)
+    if not merged:
+        return None  # nothing can be written in these encodings
+    automaton = ahocorasick.Automaton()
+    for form, ranked in merged.items():
+        automaton.add_word(form, ranked)
+    automaton.make_automaton()
+    return automaton
+
+
+@lru_cache(maxsize=65536)
+def _forms(
+    needle: str, kinds: tuple[tuple[Kind, bool], ...], encodings: tuple[str, ...]
+) -> tuple[tuple[str, tuple[_Needle, ...]], ...]:
+    """Each searched form of a needle with its ranked kinds; remembered, as needles recur."""
+    return tuple(
+        (form, _ranked(form, dict.fromkeys(kinds))) for form in _encoded_forms(needle, encodings)
+    )
+
+
+def _merge(first: tuple[_Needle, ...], second: tuple[_Needle, ...]) -> tuple[_Needle, ...]:
+    kinds = {(n.kind, n.ambiguous): None for n in (*first, *second)}
+    return _ranked("x" * first[0].length, kinds)
 
 
 def encodings_for(specific_character_set: Any) -> tuple[str, ...]:
@@ -361,8 +384,16 @@ def encodings_for(specific_character_set: Any) -> tuple[str, ...]:
 
 def _ranked(form: str, kinds: dict[tuple[Kind, bool], None]) -> tuple[_Needle, ...]:
     """The kinds of one needle, unambiguous first, then in report order."""
+    if len(kinds) == 1:
+        ((kind, ambiguous),) = kinds
+        return (_needle(kind, len(form), ambiguous),)
     order = sorted(kinds, key=lambda k: (k[1], _KIND_ORDER.index(k[0])))
-    return tuple(_Needle(kind, len(form), ambiguous) for kind, ambiguous in order)
+    return tuple(_needle(kind, len(form), ambiguous) for kind, ambiguous in order)
+
+
+@lru_cache(maxsize=4096)
+def _needle(kind: Kind, length: int, ambiguous: bool) -> _Needle:
+    return _Needle(kind, length, ambiguous)
 
 
 def _encoded_forms(needle: str, encodings: tuple[str, ...]) -> Iterator[str]:
@@ -435,6 +466,18 @@ def _lower_same_length(text: str) -> str:
     return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
 
 
+@lru_cache(maxsize=65536)
+def _cached_needles(identifier: Identifier) -> tuple[tuple[str, bool], ...]:
+    """:func:`_needles`, remembered: a series repeats its patient's identifiers in every file."""
+    return tuple(_needles(identifier))
+
+
+@lru_cache(maxsize=65536)
+def _cached_identifiers_of(kind: Kind, value: str) -> tuple[Identifier, ...]:
+    """:func:`_identifiers_of`, remembered (see :func:`_cached_needles`)."""
+    return tuple(_identifiers_of(kind, value))
+
+
 def _needles(identifier: Identifier) -> Iterator[tuple[str, bool]]:
     """The lower-case strings that reveal an identifier, each marked ambiguous or not."""
     value = identifier.value.strip().lower()
@@ -472,10 +515,15 @@ def _identifiers_of(kind: Kind, value: str) -> Iterator[Identifier]:
 
 
 def _name_identifiers(value: str) -> Iterator[Identifier]:
-    """A person name: as written, in the orders people write it, and each component."""
+    """A person name: each component, and, when one of them is ambiguous alone, the whole name
+    as written and in the orders people write it (distinct components find those anyway)."""
     for group in value.split("="):
         components = [c.strip() for c in group.split("^") if c.strip()]
         if not components:
+            continue
+        words = [w for c in components for w in c.split() if len(w) >= MIN_COMPONENT_LENGTH]
+        if words and not any(_is_common(w.lower()) for w in words):
+            yield from (Identifier("name", word) for word in words)
             continue
         yield Identifier("name", group.strip())
         family, given = components[0], components[1:2]

@@ -1,23 +1,22 @@
 """Checks for release: valid UIDs, valid values where the tool wrote them, and the markers.
 
-A value is the tool's when the original holds no element with the same tag and the same bytes;
-each such value must be valid for its VR. Every UID must be valid wherever it is. The PS3.15
+Each value the tool writes (the profile changes it, or it is a marker or file meta) must be
+valid for its VR. Every UID must be valid wherever it is. The PS3.15
 markers must say that this tool de-identified the file, with the profile actually used: its
 digest in DeidentificationMethod and its options' codes in DeidentificationMethodCodeSequence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import lru_cache
 
 from pydicom import config as pydicom_config
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
 from pydicom.valuerep import validate_value
 
 from airflow_pseudo.pseudonymisation.engine import TOOL_NAME
 from airflow_pseudo.pseudonymisation.sources import MAX_UID_LENGTH, UID_PATTERN
-from airflow_pseudo.pseudonymisation.validation.layout import Layout, implicit_vr
+from airflow_pseudo.pseudonymisation.validation.layout import Layout
 from airflow_pseudo.pseudonymisation.validation.values import TEXT_PADDING, text, texts
 
 RETAIN_SAFE_PRIVATE_CODE = "113111"
@@ -26,6 +25,7 @@ CHECKED_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR"}
     | {"UT"}
 )
+_SPECIFIC_CHARACTER_SET = 0x00080005
 _CODE_SEQUENCE = 0x00120064
 _CODE_VALUE = 0x00080100
 _PATIENT_IDENTITY_REMOVED = 0x00120062
@@ -33,37 +33,18 @@ _DEIDENTIFICATION_METHOD = 0x00120063
 _LONGITUDINAL = 0x00280303
 _SOP_INSTANCE_UID = 0x00080018
 _MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
-
-
-def original_values(dataset: Dataset) -> dict[int, set[bytes]]:
-    """The raw bytes of every textual value of the original, by tag, at every depth.
-
-    Call it before anything decodes the original: decoded elements no longer hold their bytes.
-    """
-    values: dict[int, set[bytes]] = {}
-    stack = [dataset]
-    while stack:
-        current = stack.pop()
-        for stored in current.elements():
-            if not isinstance(stored, RawDataElement):
-                if stored.VR == "SQ":
-                    stack.extend(item for item in stored.value or [] if isinstance(item, Dataset))
-                continue
-            vr = stored.VR if stored.VR not in (None, "UN") else implicit_vr(int(stored.tag))
-            if vr in CHECKED_VRS and stored.value is not None:
-                raw = bytes(stored.value).rstrip(TEXT_PADDING)
-                values.setdefault(int(stored.tag), set()).add(raw)
-            elif vr == "SQ":
-                sequence = _decoded(current, int(stored.tag))
-                stack.extend(item for item in sequence if isinstance(item, Dataset))
-    return values
-
-
-def _decoded(dataset: Dataset, tag: int) -> list[object]:
-    try:
-        return list(dataset[tag].value or [])
-    except Exception:  # an undecodable sequence: its contents have no values to compare
-        return []
+MARKER_TAGS = frozenset(
+    {
+        _PATIENT_IDENTITY_REMOVED,
+        _DEIDENTIFICATION_METHOD,
+        _CODE_SEQUENCE,
+        _CODE_VALUE,
+        _LONGITUDINAL,
+        _SOP_INSTANCE_UID,
+        _SPECIFIC_CHARACTER_SET,
+    }
+)
+"""What the marker checks read, and what the tool writes besides the profile's changes."""
 
 
 def uid_problems(layout: Layout) -> Iterator[str]:
@@ -78,26 +59,36 @@ def uid_problems(layout: Layout) -> Iterator[str]:
                 break
 
 
-def value_problems(layout: Layout, original: Mapping[int, set[bytes]]) -> Iterator[str]:
-    """Each value the tool wrote (not the original's) that is invalid for its VR."""
+def value_problems(layout: Layout, written: Callable[[int], bool]) -> Iterator[str]:
+    """Each value the tool wrote that is invalid for its VR.
+
+    :param written: whether the tool writes the value of an element with this tag.
+    """
     for element in layout.elements:
-        if element.vr not in CHECKED_VRS:
+        if element.vr not in CHECKED_VRS or not written(element.tag):
             continue
-        if layout.raw(element).rstrip(TEXT_PADDING) in original.get(element.tag, ()):
-            continue
-        try:
-            for value in texts(layout, element):
-                if value:
-                    validate_value(element.vr, value, pydicom_config.RAISE)
-        except (ValueError, TypeError, UnicodeError):
+        values = tuple(texts(layout, element))
+        if not all(_valid(element.vr, value) for value in values if value):
             yield f"invalid {element.vr} value in {element.name}"
+
+
+@lru_cache(maxsize=16384)
+def _valid(vr: str, value: str) -> bool:
+    """Whether pydicom finds ``value`` valid for ``vr``; remembered, as values recur."""
+    try:
+        validate_value(vr, value, pydicom_config.RAISE)
+    except (ValueError, TypeError, UnicodeError):
+        return False
+    return True
 
 
 def private_problems(layout: Layout, method_codes: Iterable[str]) -> Iterator[str]:
     """Private elements, unless the profile used retains safe private attributes."""
     if RETAIN_SAFE_PRIVATE_CODE in method_codes:
         return
-    for element in layout.elements:
+    if not layout.complete_walk and not layout.private_elements:
+        return
+    for element in layout.complete().elements:
         if element.tag >> 16 & 1 and element.tag >> 16 != 0xFFFF:
             yield f"private attribute {element.name} left in the output"
 

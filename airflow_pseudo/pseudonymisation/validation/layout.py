@@ -5,6 +5,12 @@ in which it finds an identifier. Both need each value's absolute position, at ev
 pydicom does not keep for sequence contents; :func:`read_layout` walks the encoded file once and
 records it. It needs nothing from pydicom but its data dictionary.
 
+Given a *classify* callable (tag -> the checks want this element or not), the dataset is walked
+by the project's element scanner (compiled, :mod:`..scanner`), which reports only the elements
+asked for and skips everything else at C speed; the rest of the layout, needed only to name the
+attribute where an identifier was found or a private element left, is walked on demand
+(:meth:`Layout.complete`). Anything the scanner refuses is walked in full at once.
+
 Encapsulated pixel data is not image data throughout: a JPEG frame begins with marker segments
 (comments, application segments) and a JPEG 2000 code stream with a main header (comments);
 those :class:`Segment` ranges are searched like any other bytes, the coded image data is not.
@@ -15,13 +21,27 @@ from __future__ import annotations
 import struct
 import zlib
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+
+from airflow_pseudo.pseudonymisation.scanner import (
+    DICTIONARY_SQ,
+    ELEMENT,
+    KEEP,
+    REPORT,
+    FastPathUnsupported,
+    TruncatedFileError,
+)
+
+try:
+    from airflow_pseudo.pseudonymisation._scanner import scan_level
+except ImportError:  # not built: the reference implementation
+    from airflow_pseudo.pseudonymisation.scanner import scan_level
 
 PREAMBLE = 128
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -38,6 +58,9 @@ _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _LONG_LENGTH_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
 _VR_CODES = {vr.value.encode("ascii"): vr.value for vr in VR if " or " not in vr.value}
 _MAX_DEPTH = 64
+
+Wanted = Callable[[int], bool]
+"""Whether the checks want an element with this tag reported (at any depth)."""
 
 
 class UnreadableOutputError(ValueError):
@@ -92,11 +115,27 @@ class Layout:
     searched: list[tuple[int, int]] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
     little_endian: bool = True
+    complete_walk: bool = True
+    """Whether :attr:`elements` holds every element, or only those a *wanted* asked for."""
+    private_elements: int = 0
+    """Private elements the scanner skipped (a complete walk lists them in :attr:`elements`)."""
+    _complete: Layout | None = field(default=None, repr=False)
+    _character_set: list[str] | None = field(default=None, repr=False)
     _starts: list[int] = field(default_factory=list, repr=False)
     _top: dict[int, Element] | None = field(default=None, repr=False)
 
+    def complete(self) -> Layout:
+        """This layout with every element: walked again, in full, if the scanner skipped any."""
+        if self.complete_walk:
+            return self
+        if self._complete is None:
+            self._complete = read_layout(self.data)
+        return self._complete
+
     def element_at(self, position: int) -> Element | None:
-        """The element whose value holds ``position``, if any."""
+        """The element whose value holds ``position``, if any (any depth)."""
+        if not self.complete_walk:
+            return self.complete().element_at(position)
         if not self._starts:
             self._starts = [e.start for e in self.elements]
         index = bisect_right(self._starts, position) - 1
@@ -126,16 +165,22 @@ class Layout:
                 yield element
 
     def specific_character_set(self) -> list[str]:
-        element = self.top_level(SPECIFIC_CHARACTER_SET)
-        if element is None:
-            return []
-        text = self.raw(element).decode("ascii", "replace")
-        return [term.strip("\x00 ") for term in text.split("\\")]
+        if self._character_set is None:
+            element = self.top_level(SPECIFIC_CHARACTER_SET)
+            text = self.raw(element).decode("ascii", "replace") if element is not None else ""
+            self._character_set = [t.strip("\x00 ") for t in text.split("\\") if t.strip("\x00 ")]
+        return self._character_set
 
 
-def read_layout(data: bytes) -> Layout:
+def read_layout(
+    data: bytes, wanted: Wanted | None = None, plan: dict[int, int] | None = None
+) -> Layout:
     """Walk a DICOM file (preamble, file meta, dataset) and record where everything lies.
 
+    :param wanted: report only the elements it wants (and pixel data), scanning the rest; a
+        structure the scanner refuses is walked in full instead.
+    :param plan: the scanner's plan for this ``wanted``, kept by the caller to reuse: it is
+        filled once per tag.
     :raises UnreadableOutputError: when the bytes are not a complete DICOM file.
     """
     if data[PREAMBLE : PREAMBLE + 4] != b"DICM":
@@ -155,7 +200,20 @@ def read_layout(data: bytes) -> Layout:
     walker.implicit = syntax == _IMPLICIT
     walker.little = syntax != _BIG_ENDIAN
     layout.little_endian = walker.little
-    walker.walk(meta_end, len(layout.data), (), 0)
+    meta = list(layout.elements)
+    if wanted is not None and walker.little:
+        try:
+            walker.scan(meta_end, wanted, {} if plan is None else plan)
+        except (FastPathUnsupported, TruncatedFileError):
+            layout.elements[:] = meta
+            layout.segments.clear()
+            layout.private_elements = 0
+            walker = _Walker(layout, implicit=walker.implicit, little=True)
+            walker.walk(meta_end, len(layout.data), (), 0)
+        else:
+            layout.complete_walk = False
+    else:
+        walker.walk(meta_end, len(layout.data), (), 0)
     layout.searched = _searched(len(layout.data), walker.excluded, layout.segments)
     return layout
 
@@ -215,6 +273,69 @@ class _Walker:
             self.layout.elements.append(Element(tag, vr, start, value_end, path, creator))
             position = value_end
         return position
+
+    def scan(self, position: int, wanted: Wanted, plan: dict[int, int]) -> None:
+        """Record the wanted elements at every depth, and pixel data; skip the rest in C."""
+
+        def classify(tag: int) -> int:
+            code = REPORT if wanted(tag) or tag in PIXEL_DATA_TAGS else KEEP
+            return code | (DICTIONARY_SQ if implicit_vr(tag) == "SQ" else 0)
+
+        self._scan_level(position, len(self.layout.data), (), plan, classify, 0)
+
+    def _scan_level(
+        self,
+        position: int,
+        end: int,
+        path: tuple[tuple[int, int], ...],
+        plan: dict[int, int],
+        classify: Callable[[int], int],
+        depth: int,
+    ) -> int:
+        if depth > _MAX_DEPTH:
+            raise UnreadableOutputError("sequences nested too deeply")
+        data = self.layout.data
+        events, position, skipped = scan_level(data, position, end, self.implicit, plan, classify)
+        self.layout.private_elements += skipped
+        for event in events:
+            if event[0] != ELEMENT:
+                continue
+            _, tag, vr, length, _, value, element_end = event
+            hidden = vr == "UN" and bool(plan[tag] & DICTIONARY_SQ)
+            if vr is None or hidden:
+                vr = implicit_vr(tag)
+            if tag in PIXEL_DATA_TAGS and not path:
+                self._pixel_data(value, length)
+            elif vr == "SQ":
+                saved = self.implicit
+                self.implicit = saved or hidden  # a sequence hidden in UN is implicit VR
+                self._scan_items(tag, value, element_end, path, plan, classify, depth)
+                self.implicit = saved
+            else:
+                self.layout.elements.append(Element(tag, vr, value, element_end, path))
+        return position
+
+    def _scan_items(
+        self,
+        tag: int,
+        position: int,
+        end: int,
+        path: tuple[tuple[int, int], ...],
+        plan: dict[int, int],
+        classify: Callable[[int], int],
+        depth: int,
+    ) -> None:
+        index = 0
+        while position < end:
+            item_tag, _, item_length, item_start = self._header(position, True, True)
+            if item_tag == SEQUENCE_DELIMITER:
+                return
+            if item_tag != ITEM:
+                raise UnreadableOutputError("malformed sequence")
+            inner = (*path, (tag, index))
+            item_end = -1 if item_length == UNDEFINED_LENGTH else item_start + item_length
+            position = self._scan_level(item_start, item_end, inner, plan, classify, depth + 1)
+            index += 1
 
     def _sequence(
         self, tag: int, start: int, length: int, path: tuple[tuple[int, int], ...], depth: int

@@ -1,8 +1,8 @@
-"""The original, read once: its identifiers, its values' bytes and its anchors.
+"""The original, read once: its identifiers and its anchors.
 
-An original written as a DICOM file is walked like the output (:func:`.layout.read_layout`),
-decoding only the few values that identify; anything else (no preamble, a structure the walker
-refuses) is read by pydicom, which tolerates more.
+An original written as a DICOM file is scanned like the output (:func:`.layout.read_layout`),
+reporting and decoding only the values that may identify; anything else (no preamble, a
+structure the walker refuses) is read by pydicom, which tolerates more.
 """
 
 from __future__ import annotations
@@ -10,32 +10,37 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from airflow_pseudo.pseudonymisation.identifiers import InstanceIdentifiers, keyword_kind
-from airflow_pseudo.pseudonymisation.validation.conformance import CHECKED_VRS, original_values
 from airflow_pseudo.pseudonymisation.validation.keys import ANCHORS
 from airflow_pseudo.pseudonymisation.validation.layout import (
+    SPECIFIC_CHARACTER_SET,
     Layout,
     UnreadableOutputError,
+    implicit_vr,
     read_layout,
 )
 from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
-from airflow_pseudo.pseudonymisation.validation.values import TEXT_PADDING, texts
+from airflow_pseudo.pseudonymisation.validation.values import texts
+
+_ANCHOR_TAGS = frozenset(ANCHORS.values())
+_PLAN: dict[int, int] = {}
+"""The scanner's plan for originals: the same for every run."""
 
 
 @dataclass(frozen=True)
 class Original:
     """What the checks need of the original.
 
-    :param values: the raw bytes of every textual value, by tag, at every depth.
     :param anchors: keyword -> value of the key checks' anchors present at the top level.
     """
 
     identifiers: InstanceIdentifiers
-    values: dict[int, set[bytes]]
     anchors: dict[str, str]
 
 
@@ -45,7 +50,7 @@ def read_original(data: bytes, source_path: str | None = None) -> Original:
     :raises Exception: whatever pydicom raises for bytes that are not DICOM at all.
     """
     try:
-        layout = read_layout(data)
+        layout = read_layout(data, _identifying_tag, _PLAN)
     except UnreadableOutputError:
         with quiet_pydicom("original"):
             return from_dataset(pydicom.dcmread(io.BytesIO(data), force=True), source_path)
@@ -53,10 +58,6 @@ def read_original(data: bytes, source_path: str | None = None) -> Original:
 
 
 def from_layout(layout: Layout, source_path: str | None = None) -> Original:
-    values: dict[int, set[bytes]] = {}
-    for element in layout.elements:
-        if element.vr in CHECKED_VRS:
-            values.setdefault(element.tag, set()).add(layout.raw(element).rstrip(TEXT_PADDING))
     with quiet_pydicom("original"):
         identifiers = InstanceIdentifiers.from_values(_identifying_values(layout), source_path)
     anchors = {}
@@ -64,19 +65,26 @@ def from_layout(layout: Layout, source_path: str | None = None) -> Original:
         value = texts(layout, layout.top_level(tag))
         if value and value[0]:
             anchors[keyword] = value[0]
-    return Original(identifiers, values, anchors)
+    return Original(identifiers, anchors)
 
 
 def from_dataset(dataset: Dataset, source_path: str | None = None) -> Original:
     with quiet_pydicom("original"):
-        values = original_values(dataset)  # first: it needs the values still undecoded
         identifiers = InstanceIdentifiers.from_dataset(dataset, source_path)
     anchors = {}
     for keyword in ANCHORS:
         value = str(dataset.get(keyword, "") or "").strip("\x00 ")
         if value:
             anchors[keyword] = value
-    return Original(identifiers, values, anchors)
+    return Original(identifiers, anchors)
+
+
+@lru_cache(maxsize=16384)
+def _identifying_tag(tag: int) -> bool:
+    """Whether an element of the original may hold an identifier or an anchor."""
+    if tag in _ANCHOR_TAGS or tag == SPECIFIC_CHARACTER_SET:
+        return True
+    return implicit_vr(tag) in ("PN", "UI") or keyword_kind(keyword_for_tag(tag) or "") is not None
 
 
 def _identifying_values(layout: Layout) -> Iterator[tuple[str, str, str]]:

@@ -12,30 +12,39 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 from airflow_pseudo.pseudonymisation.errors import MissingKeyError
+from airflow_pseudo.pseudonymisation.profiles import Action, Profile
+from airflow_pseudo.pseudonymisation.strategies import keep_value, pseudonymisation_dispatch
 from airflow_pseudo.pseudonymisation.validation.conformance import (
+    MARKER_TAGS,
     marker_problems,
     private_problems,
     uid_problems,
     value_problems,
 )
 from airflow_pseudo.pseudonymisation.validation.evidence import residue_problems
-from airflow_pseudo.pseudonymisation.validation.keys import key_problems
-from airflow_pseudo.pseudonymisation.validation.layout import UnreadableOutputError, read_layout
+from airflow_pseudo.pseudonymisation.validation.keys import ANCHORS, key_problems
+from airflow_pseudo.pseudonymisation.validation.layout import (
+    UnreadableOutputError,
+    implicit_vr,
+    read_layout,
+)
 from airflow_pseudo.pseudonymisation.validation.original import Original, read_original
 from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
 
 if TYPE_CHECKING:
     from airflow_pseudo.pseudonymisation.engine import Pseudonymiser
-    from airflow_pseudo.pseudonymisation.profiles import Profile
     from airflow_pseudo.pseudonymisation.settings import Settings
 
 KeyChecks = Literal["passed", "failed", "skipped"]
+_ANCHOR_TAGS = frozenset(ANCHORS.values())
 
 
 @dataclass
@@ -57,6 +66,31 @@ class Expectations:
     pseudonymiser: Pseudonymiser | None
     method_codes: Sequence[str]
     profile_digest: str | None = None
+    profile: Profile | None = None
+    _written: dict[int, bool] = field(default_factory=dict, compare=False, repr=False)
+    _wanted: dict[int, bool] = field(default_factory=dict, compare=False, repr=False)
+    plan: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
+    """The scanner's plan for outputs, learnt once per tag (see :func:`.read_layout`)."""
+
+    def written(self, tag: int) -> bool:
+        """Whether the tool writes the value of an element with this tag (profile or marker)."""
+        known = self._written.get(tag)
+        if known is None:
+            known = self._written[tag] = (
+                tag in MARKER_TAGS
+                or tag >> 16 == 2
+                or _changes(self.profile, self.pseudonymiser, tag)
+            )
+        return known
+
+    def wanted(self, tag: int) -> bool:
+        """Whether a check reads output elements with this tag (see :func:`.read_layout`)."""
+        known = self._wanted.get(tag)
+        if known is None:
+            known = self._wanted[tag] = (
+                self.written(tag) or tag in _ANCHOR_TAGS or implicit_vr(tag) == "UI"
+            )
+        return known
 
     @classmethod
     def from_settings(
@@ -71,12 +105,10 @@ class Expectations:
             pseudonymiser: Pseudonymiser | None = settings.pseudonymiser
         except MissingKeyError:
             pseudonymiser = None
+        profile = pseudonymiser.profile if pseudonymiser is not None else _keyless_profile(settings)
         if method_codes is None:
-            profile = (
-                pseudonymiser.profile if pseudonymiser is not None else _keyless_profile(settings)
-            )
             method_codes = [code for code, _ in profile.method_codes()]
-        return cls(pseudonymiser, tuple(method_codes), profile_digest)
+        return cls(pseudonymiser, tuple(method_codes), profile_digest, profile)
 
 
 def validate_output(
@@ -92,9 +124,8 @@ def validate_output(
     :param method_codes: from the result record (``method_codes``); else the profile's.
     :param profile_digest: from the result record (``profile_digest``); else not checked.
     """
-    expectations = Expectations.from_settings(
-        settings, method_codes=method_codes, profile_digest=profile_digest
-    )
+    codes = None if method_codes is None else tuple(method_codes)
+    expectations = _expectations(settings, codes, profile_digest)
     try:
         data = Path(output).read_bytes()
     except OSError as exc:
@@ -109,13 +140,13 @@ def validate_output(
 def check(original: Original, output: bytes, expectations: Expectations) -> Verdict:
     """Every check of one output (its bytes) against what its original holds."""
     try:
-        layout = read_layout(output)
+        layout = read_layout(output, expectations.wanted, expectations.plan)
     except UnreadableOutputError as exc:
         return Verdict([f"output unreadable ({exc})"])
     problems = list(residue_problems(layout, original.identifiers))
     problems += uid_problems(layout)
     with quiet_pydicom("output"):
-        problems += value_problems(layout, original.values)
+        problems += value_problems(layout, expectations.written)
     problems += private_problems(layout, expectations.method_codes)
     problems += marker_problems(layout, expectations.method_codes, expectations.profile_digest)
     key_checks: KeyChecks = "skipped"
@@ -142,9 +173,9 @@ def validate_dataset(original: Dataset, output: Dataset, pseudonymiser: Pseudony
 
     Both are encoded as files first, so the checks see exactly the bytes a file would hold.
     """
-    expectations = Expectations(
-        pseudonymiser, tuple(code for code, _ in pseudonymiser.profile.method_codes())
-    )
+    profile = pseudonymiser.profile
+    codes = tuple(code for code, _ in profile.method_codes())
+    expectations = Expectations(pseudonymiser, codes, None, profile)
     return check(read_original(_encoded(original)), _encoded(output), expectations).problems
 
 
@@ -158,6 +189,29 @@ def _encoded(dataset: Dataset) -> bytes:
     with quiet_pydicom("output"):
         dataset.save_as(buffer, enforce_file_format=not complete)
     return buffer.getvalue()
+
+
+@lru_cache(maxsize=16)
+def _expectations(
+    settings: Settings, method_codes: tuple[str, ...] | None, profile_digest: str | None
+) -> Expectations:
+    """One :class:`Expectations` per run's settings and record markers, its caches reused."""
+    return Expectations.from_settings(
+        settings, method_codes=method_codes, profile_digest=profile_digest
+    )
+
+
+def _changes(profile: Profile | None, pseudonymiser: Pseudonymiser | None, tag: int) -> bool:
+    """Whether the profile changes an element with this tag (removal aside)."""
+    if profile is None:
+        return False
+    action = profile.rule_for(BaseTag(tag)).action
+    if action is Action.REPLACE:
+        dispatch = (
+            pseudonymiser.dispatch if pseudonymiser is not None else pseudonymisation_dispatch
+        )
+        return dispatch.get(implicit_vr(tag)) is not keep_value
+    return action in (Action.REMAP_UID, Action.EMPTY)
 
 
 def _keyless_profile(settings: Settings) -> Profile:

@@ -18,14 +18,23 @@ def texts(layout: Layout, element: Element | None) -> list[str]:
     raw = layout.raw(element).rstrip(TEXT_PADDING)
     if not raw:
         return []
-    try:
-        encodings = convert_encodings(layout.specific_character_set() or ["ISO_IR 6"])
-    except Exception:  # an unknown character set: read the ASCII that any of them shares
-        encodings = ["iso8859"]
-    text = (
-        decode_bytes(raw, encodings, set()) if element.vr in _DECODED_VRS else raw.decode("latin-1")
-    )
+    if raw.isascii() or element.vr not in _DECODED_VRS:
+        return _split(raw.decode("latin-1"))
+    return _decoded(raw, tuple(layout.specific_character_set()))
+
+
+def _split(text: str) -> list[str]:
     return [value.strip("\x00 ") for value in text.split("\\")]
+
+
+@lru_cache(maxsize=4096)
+def _decoded_tuple(raw: bytes, terms: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_split(decode_bytes(raw, list(_encodings(terms)), set())))
+
+
+def _decoded(raw: bytes, terms: tuple[str, ...]) -> list[str]:
+    """Non-ASCII text in the file's character set; remembered, as values recur across files."""
+    return list(_decoded_tuple(raw, terms))
 
 
 def text(layout: Layout, element: Element | None) -> str:
@@ -35,11 +44,11 @@ def text(layout: Layout, element: Element | None) -> str:
 
 
 @lru_cache(maxsize=256)
-def _encodings(terms: tuple[str, ...]) -> list[str]:
+def _encodings(terms: tuple[str, ...]) -> tuple[str, ...]:
     try:
-        return convert_encodings(list(terms) or ["ISO_IR 6"])
+        return tuple(convert_encodings(list(terms) or ["ISO_IR 6"]))
     except Exception:  # an unknown character set: read the ASCII that any of them shares
-        return ["iso8859"]
+        return ("iso8859",)
 
 
 _DECODED_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
