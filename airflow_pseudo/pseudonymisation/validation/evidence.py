@@ -9,6 +9,7 @@ encodings its SpecificCharacterSet implies. Whether a match counts depends on wh
 - a date of birth or death: anywhere, except in a date, time or number attribute that is not
   itself a birth or death date (shifted dates may land on it by chance);
 - an ID made of digits: never in a number, date, time or UID attribute;
+- a part of the input path: only in free text (file names repeat modalities and other codes);
 - an ambiguous value (a short ID, a short or everyday-word name): only in free text (not in
   coded strings, which are the standard's words), and a name only in a person-name attribute
   or as a whole value.
@@ -94,6 +95,8 @@ def _counts(layout: Layout, element: Element, finding: Finding, start: int, end:
         return keyword_kind(element.keyword) == "date"
     if finding.kind in ("id", "phone") and vr in NUMERIC_TEXT_VRS:
         return False
+    if finding.kind == "path" and vr not in FREE_TEXT_VRS:
+        return False  # folder and file names repeat coded values: MR, RTSTRUCT, AXIAL...
     if not finding.ambiguous:
         return True
     if vr not in FREE_TEXT_VRS:

@@ -52,6 +52,8 @@ PIXEL_DATA_SEGMENT = "pixel data segment"
 FILE_STRUCTURE = "file structure"
 """How a finding outside every value (preamble, element headers) is reported."""
 SPECIFIC_CHARACTER_SET = 0x00080005
+WALKED_SEQUENCES = frozenset({0x00120064})
+"""Top-level sequences recorded whole (DeidentificationMethodCodeSequence: the markers)."""
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _IMPLICIT = "1.2.840.10008.1.2"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -309,7 +311,10 @@ class _Walker:
             elif vr == "SQ":
                 saved = self.implicit
                 self.implicit = saved or hidden  # a sequence hidden in UN is implicit VR
-                self._scan_items(tag, value, element_end, path, plan, classify, depth)
+                if tag in WALKED_SEQUENCES and not path:
+                    self._sequence(tag, value, length, path, depth)
+                else:
+                    self._scan_items(tag, value, element_end, path, plan, classify, depth)
                 self.implicit = saved
             else:
                 self.layout.elements.append(Element(tag, vr, value, element_end, path))
