@@ -1,4 +1,4 @@
-"""Tests for validation: it catches residues, invalid values and missing markers."""
+"""Tests for the validation runner: it catches residues, invalid values and missing markers."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def test_residual_hidden_elsewhere_caught(
     original, output = pair
     output.BeamSequence[0].BeamDescription = f"for {original.PatientID}"
     problems = validate_dataset(original, output, pseudonymiser)
-    assert any("PatientID" in p for p in problems)
+    assert "an ID of the original found in BeamSequence > BeamDescription" in problems
+    assert not any(original.PatientID in p for p in problems)
 
 
 def test_nested_residual_caught(pseudonymiser: Pseudonymiser, pair: tuple[Dataset, Dataset]):
@@ -128,7 +129,7 @@ def test_validate_file(tmp_path: Path, settings: Settings, ct: Dataset):
     assert validate_file(original, output, settings=settings) == []
     output.write_bytes(b"garbage")
     assert validate_file(original, output, settings=settings) == [
-        "output unreadable (InvalidDicomError)"
+        "output unreadable (no DICM prefix)"
     ]
 
 
