@@ -454,7 +454,7 @@ def _bounded(haystack: str, start: int, end: int, size: int, *, token: bool, raw
 
 
 def _is_word_character(character: str, raw: bool) -> bool:
-    if character in _ASCII_ALNUM:
+    if character in _ASCII_ALNUM or character == "_":  # a word character, as in regular expressions
         return True
     return character >= "\x80" and (raw or character.isalnum())
 
