@@ -67,6 +67,7 @@ def test_registered_uids_and_short_path_parts_are_not_identifiers(
 def test_names_match_case_insensitively_on_word_boundaries(identifiers: InstanceIdentifiers):
     assert ("name", "TESTPERSON", False) in _found(identifiers, "seen by TESTPERSON today")
     assert _found(identifiers, "Testpersonal notes") == []
+    assert _found(identifiers, "TESTPERSON_MEC") == []  # one word, as in coded values
     assert [k for k, _, _ in _found(identifiers, "for alice testperson")] == ["name", "name"]
 
 

@@ -12,7 +12,6 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -191,14 +190,30 @@ def _encoded(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-@lru_cache(maxsize=16)
+_EXPECTATIONS: dict[int, tuple[Settings, dict[tuple[object, ...], Expectations]]] = {}
+_EXPECTATIONS_KEPT = 16
+
+
 def _expectations(
     settings: Settings, method_codes: tuple[str, ...] | None, profile_digest: str | None
 ) -> Expectations:
-    """One :class:`Expectations` per run's settings and record markers, its caches reused."""
-    return Expectations.from_settings(
-        settings, method_codes=method_codes, profile_digest=profile_digest
-    )
+    """One :class:`Expectations` per run's settings and record markers, its caches reused.
+
+    Keyed by the settings' identity (hashing them hashes the key, an HMAC each time); the
+    settings are held, so their identity is not reused while the entry lives.
+    """
+    held = _EXPECTATIONS.get(id(settings))
+    if held is None or held[0] is not settings:
+        if len(_EXPECTATIONS) >= _EXPECTATIONS_KEPT:
+            _EXPECTATIONS.clear()
+        held = _EXPECTATIONS[id(settings)] = (settings, {})
+    key = (method_codes, profile_digest)
+    expectations = held[1].get(key)
+    if expectations is None:
+        expectations = held[1][key] = Expectations.from_settings(
+            settings, method_codes=method_codes, profile_digest=profile_digest
+        )
+    return expectations
 
 
 def _changes(profile: Profile | None, pseudonymiser: Pseudonymiser | None, tag: int) -> bool:
