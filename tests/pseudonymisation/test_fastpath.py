@@ -101,6 +101,9 @@ def _generated(template: str) -> Dataset:
     inner.add_new(0x00291010, "LO", "PRIVATE")
     inner.add_new(0x00290010, "LO", "ACME")
     inner.ReferencedSOPInstanceUID = dataset.SOPInstanceUID
+    # UIDs no rule names (one under the DICOM root, unregistered) and a URL holding a UID.
+    inner.ConcatenationUID = "1.2.840.10008.999.7"
+    inner.RetrieveURL = f"https://pacs.example/wado?studyUID={dataset.StudyInstanceUID}"
     middle = Dataset()
     middle.ReferencedImageSequence = Sequence([inner])
     middle.StudyDate = "20010203"
