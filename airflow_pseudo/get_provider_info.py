@@ -78,12 +78,11 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "profile": {
                         "label": "Profile",
-                        "description": "'default' or 'pymedphys'.",
-                        "schema": {
-                            "type": ["string", "null"],
-                            "enum": ["default", "pymedphys", None],
-                            "default": "default",
-                        },
+                        "description": (
+                            "'basic', 'default', 'research', 'pymedphys' or the path of a "
+                            "project profile file (.yaml)."
+                        ),
+                        "schema": {"type": ["string", "null"], "default": "default"},
                     },
                     "uid_root": {
                         "label": "UID root",
