@@ -112,7 +112,8 @@ def get_provider_info() -> dict[str, Any]:
                     "profile": {
                         "label": "Profile",
                         "description": (
-                            "De-identification profile: 'default' or 'pymedphys'; see "
+                            "'basic', 'default', 'research', 'pymedphys' or the path of a "
+                            "project profile file (.yaml); see "
                             "'airflow-pseudo explain' and docs/profiles.md."
                         ),
                         "schema": {"type": ["string", "null"], "default": "default"},

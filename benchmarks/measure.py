@@ -39,6 +39,7 @@ TOOLS = (
     "fast-1-nosync",
     "fast-n-nosync",
     "reference",
+    "validate",
     "roundtrip",
     "copy",
     "pymedphys",
@@ -168,6 +169,41 @@ def _ours(engine: str, workers: int, durability: str = "batch") -> tuple[Runner,
     from importlib.metadata import version
 
     return run, f"airflow-pseudo {version('airflow-pseudo')}, {SCANNER} scanner"
+
+
+class _Validation:
+    """This project's validation with 1 worker and the key, on outputs made before timing.
+
+    :meth:`prepare` pseudonymises the corpus (untimed, durability none); each run validates
+    every output against its original, as ``airflow-pseudo validate`` does, and writes nothing.
+    """
+
+    def __init__(self) -> None:
+        from airflow_pseudo.pseudonymisation import PseudonymKey, Settings
+
+        self.settings = Settings(key=PseudonymKey(BENCH_KEY), durability="none")
+        self.settings.check()
+        self.records: dict[str, Any] = {}
+
+    def prepare(self, files: Sequence[str], out: Path) -> None:
+        from airflow_pseudo.pseudonymisation import pseudonymise_files
+
+        for result in pseudonymise_files(files, out, settings=self.settings):
+            self.records[result.source] = result
+
+    def __call__(self, files: Sequence[str], out: Path) -> Counter[str]:
+        from airflow_pseudo.pseudonymisation import validate_results
+
+        verdicts = validate_results([self.records[f] for f in files], settings=self.settings)
+        counts: Counter[str] = Counter(str(v.status) for v in verdicts)
+        counts.update(f"key checks:{v.key_checks}" for v in verdicts)
+        return counts
+
+
+def _validation() -> tuple[Runner, str]:
+    from importlib.metadata import version
+
+    return _Validation(), f"airflow-pseudo {version('airflow-pseudo')}"
 
 
 def _ours_split(processes: int) -> tuple[Runner, str]:
@@ -300,6 +336,8 @@ def _runner(spec: Spec) -> tuple[Runner, str]:
         return _ours("auto", spec.workers, durability="none")
     if spec.tool == "reference":
         return _ours("reference", 1)
+    if spec.tool == "validate":
+        return _validation()
     if spec.tool == "roundtrip":
         return _roundtrip()
     if spec.tool == "copy":
@@ -385,6 +423,9 @@ def measure(spec: Spec) -> Measurement:
         result.skipped = f"not importable: {exc}"
         return result
     root = Path(spec.output_root)
+    prepare = getattr(run, "prepare", None)
+    if prepare is not None:  # validation: the outputs to check are made untimed, first
+        prepare(files, _empty(root / "prepared"))
     # Untimed warm-up on a few files spread over the corpus, so lazy imports and first-call set-up
     # are not charged to the first timed run. The N-worker and split rows warm up in this process
     # too (their processes learn nothing for it): they then fork from the state the 1-worker row

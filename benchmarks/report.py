@@ -28,6 +28,7 @@ def tool_label(tool: str, workers: int) -> str:
         "fast-1-nosync": "airflow-pseudo fast path, 1 worker, durability none (no sync)",
         "fast-n-nosync": f"airflow-pseudo fast path, {workers} workers, durability none (no sync)",
         "reference": "airflow-pseudo reference engine, 1 worker",
+        "validate": "airflow-pseudo validate, 1 worker, with the key",
         "roundtrip": "pydicom dcmread + save_as, no changes",
         "copy": "plain file copy (shutil.copyfile)",
         "pymedphys": "PyMedPhys pseudonymise",
@@ -169,6 +170,22 @@ def targets(results: Mapping[tuple[str, str], Measurement], workers: int) -> lis
         ),
         _target(
             results,
+            "CT: validate (1 worker) >= 0.5x fast path (1 worker)",
+            ("ct", "validate"),
+            fast,
+            0.5,
+            "fast path",
+        ),
+        _target(
+            results,
+            "Mixed: validate (1 worker) >= 0.5x fast path (1 worker)",
+            ("mixed", "validate"),
+            mixed_fast,
+            0.5,
+            "fast path",
+        ),
+        _target(
+            results,
             f"CT: {workers} workers >= 0.8 x {workers} x 1 worker",
             ("ct", "fast-n"),
             fast,
@@ -263,6 +280,9 @@ def _notes(m: Measurement) -> str:
         parts.append(
             f"**{m.failures} failed** ({errors})" if errors else f"**{m.failures} failed**"
         )
+    checks = {k.removeprefix("key checks:"): v for k, v in m.counts.items() if "key checks:" in k}
+    if checks:
+        parts.append("key checks: " + ", ".join(f"{k} {v}" for k, v in sorted(checks.items())))
     engines = {k.removeprefix("engine:"): v for k, v in m.counts.items() if k.startswith("engine:")}
     if engines:
         parts.append("engines: " + ", ".join(f"{k} {v}" for k, v in sorted(engines.items())))

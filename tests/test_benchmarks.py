@@ -29,6 +29,7 @@ EXPECTED_ROWS = (
     "airflow-pseudo fast path, 1 worker, durability none (no sync)",
     "airflow-pseudo fast path, 2 workers, durability none (no sync)",
     "airflow-pseudo reference engine, 1 worker",
+    "airflow-pseudo validate, 1 worker, with the key",
     "pydicom dcmread + save_as, no changes",
     "plain file copy (shutil.copyfile)",
     "PyMedPhys pseudonymise",
@@ -38,6 +39,8 @@ EXPECTED_TARGETS = (
     "CT: fast path (1 worker) >= 1.0x dcmanon",
     "CT: fast path (1 worker) >= 30x PyMedPhys",
     "Mixed: fast path (1 worker) >= 5x pydicom round trip",
+    "CT: validate (1 worker) >= 0.5x fast path (1 worker)",
+    "Mixed: validate (1 worker) >= 0.5x fast path (1 worker)",
     "CT: 2 workers >= 0.8 x 2 x 1 worker",
 )
 
@@ -84,6 +87,11 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
             line.startswith(("- **PASS** ", "- **FAIL** ", "- **N/A** ")) and target in line
             for line in report.splitlines()
         ), target
+    validate_rows = [
+        line for line in report.splitlines() if line.startswith("| airflow-pseudo validate")
+    ]
+    assert len(validate_rows) == 2
+    assert all("key checks: passed" in row and "failed" not in row for row in validate_rows)
     assert "CPU:" in report
     assert "Python 3." in report
     assert "- Context for the 2-worker target: in the same rounds, a CPU-bound" in report
@@ -131,8 +139,11 @@ def test_targets_are_judged_on_paired_ratios() -> None:
         ("ct", "fast-1"): _measured("fast-1", [1.0, 2.0], [0, 1]),
         ("ct", "fast-n"): _measured("fast-n", [0.6, 1.2], [0, 1]),  # 1.67x in both rounds
     }
+    results["ct", "validate"] = _measured("validate", [1.8, 4.4], [0, 1])  # 0.56x, 0.45x
     verdicts = {t.name: t.verdict for t in targets(results, workers=2)}
     assert verdicts["CT: 2 workers >= 0.8 x 2 x 1 worker"] == "PASS"
+    assert verdicts["CT: validate (1 worker) >= 0.5x fast path (1 worker)"] == "PASS"
+    assert verdicts["Mixed: validate (1 worker) >= 0.5x fast path (1 worker)"] == "N/A"
     assert verdicts["CT: fast path (1 worker) >= 1.0x dcmanon"] == "N/A"
     results["ct", "fast-n"] = _measured("fast-n", [0.7, 1.4], [0, 1])  # 1.43x
     verdicts = {t.name: t.verdict for t in targets(results, workers=2)}

@@ -55,6 +55,36 @@ def test_pseudonymise_then_validate_exit_zero(tmp_path: Path, incoming: Path, ke
     code, text = run("validate", str(results), "--key-file", str(key_file))
     assert code == EXIT_OK, text
     assert f"{len(records)} ok, 0 failed" in text
+    assert "key checks skipped" not in text
+
+
+def test_validate_without_a_key_runs_the_key_free_checks(
+    tmp_path: Path, incoming: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """No key: validation still runs, says the key checks were skipped; another key fails."""
+    results, report = tmp_path / "results.jsonl", tmp_path / "report.jsonl"
+    run("pseudonymise", str(incoming), "-o", str(tmp_path / "out"), "--key-file", str(key_file))
+    run(
+        "pseudonymise",
+        str(incoming),
+        "-o",
+        str(tmp_path / "out2"),
+        "--key-file",
+        str(key_file),
+        "--results",
+        str(results),
+    )
+    monkeypatch.delenv("AIRFLOW_PSEUDO_KEY", raising=False)
+    code, text = run("validate", str(results), "--report", str(report))
+    assert code == EXIT_OK, text
+    assert "key checks skipped" in text
+    verdicts = [json.loads(line) for line in report.read_text().splitlines()]
+    assert {v["key_checks"] for v in verdicts} == {"skipped"}
+    other = tmp_path / "other.key"
+    other.write_text("another project key, long enough\n")
+    code, text = run("validate", str(results), "--key-file", str(other))
+    assert code == EXIT_FILES_FAILED
+    assert "is not the pseudonym the key gives" in text
 
 
 def test_failed_file_gives_exit_one_and_others_still_processed(

@@ -27,12 +27,14 @@ class ValidateOperator(_SettingsMixin, BaseOperator):
     ``results`` are the per-file records returned by
     :class:`~airflow_pseudo.operators.pseudonymise.PseudonymiseOperator` (pass its ``.output``;
     a list of lists from a mapped task is flattened). Each ``ok`` output is re-read and checked with
-    the core's validation (no identifying value left, pseudonyms consistent with the key, valid
-    VRs); an output that fails is moved to ``quarantine_dir`` with its problems beside it.
+    the core's validation: no identifier of the original in any byte outside pixel data, the
+    anchors' pseudonyms exactly those the key gives, valid values and UIDs, markers naming the
+    profile used; an output that fails is moved to ``quarantine_dir`` with its problems beside it.
     Records of files that were not pseudonymised are passed through as ``skipped``.
 
     The return value is one ``ValidationResult.to_dict()`` record per file: source, output,
-    status, problems (attribute names or tags only, never values) and quarantine path. If any
+    status, problems (attribute names or tags and kinds of identifier, never values), quarantine
+    path and ``key_checks`` (``passed``, ``failed`` or ``skipped``). If any
     output fails, the records are pushed to XCom and then the task fails: nothing with a residual
     identifying value may be published (no retry: validation is deterministic).
 
@@ -115,6 +117,11 @@ class ValidateOperator(_SettingsMixin, BaseOperator):
             counts["skipped"],
             counts["failed"],
         )
+        skipped_keys = sum(
+            r.get("key_checks") == "skipped" for r in out if r["status"] != "skipped"
+        )
+        if skipped_keys:
+            self.log.warning("Key checks skipped for %d output(s): no key available", skipped_keys)
         for record in out:
             if record["status"] == "failed":
                 self.log.error(

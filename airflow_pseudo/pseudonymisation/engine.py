@@ -156,7 +156,7 @@ class Pseudonymiser:
         self.check_burned_in(dataset.get("BurnedInAnnotation"))
         context = self.context_for(dataset.get("PatientID"), dataset.get("StudyInstanceUID"))
         counts = ChangeCounts()
-        walk = _Walk(
+        walk = Walk(
             context,
             counts,
             str(dataset.get("SOPClassUID", "") or "") or None,
@@ -181,7 +181,7 @@ class Pseudonymiser:
         patient = str(patient_id or "") or str(study_instance_uid or "")
         return PseudonymContext(self.source, patient)
 
-    def _walk(self, dataset: Dataset, walk: _Walk, parents: tuple[int, ...]) -> None:
+    def _walk(self, dataset: Dataset, walk: Walk, parents: tuple[int, ...]) -> None:
         private = self._private_rules(dataset) if self.profile.keeps_private else {}
         for tag in list(dataset.keys()):
             tag = BaseTag(tag)
@@ -247,7 +247,7 @@ class Pseudonymiser:
         context: PseudonymContext,
         counts: ChangeCounts,
         *,
-        walk: _Walk | None = None,
+        walk: Walk | None = None,
         parents: tuple[int, ...] = (),
         constant: str | None = None,
     ) -> None:
@@ -262,7 +262,7 @@ class Pseudonymiser:
                 element.value = []
                 counts.emptied += 1
             else:
-                walk = walk or _Walk(context, counts, None, None)
+                walk = walk or Walk(context, counts, None, None)
                 for item in element.value:
                     self._walk(item, walk, (*parents, int(element.tag)))
             return
@@ -329,8 +329,8 @@ class Pseudonymiser:
 
 
 @dataclass
-class _Walk:
-    """What stays the same over one dataset's walk."""
+class Walk:
+    """What stays the same over one dataset's walk: context, counts, SOP class, identifiers."""
 
     context: PseudonymContext
     counts: ChangeCounts

@@ -29,6 +29,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import dcmread
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
@@ -41,8 +42,10 @@ from airflow_pseudo.pseudonymisation.engine import (
     IMPLEMENTATION_VERSION_NAME,
     ChangeCounts,
     Pseudonymiser,
+    Walk,
 )
 from airflow_pseudo.pseudonymisation.errors import UnsupportedInputError
+from airflow_pseudo.pseudonymisation.identifiers import InstanceIdentifiers
 from airflow_pseudo.pseudonymisation.policy.profile import Action
 from airflow_pseudo.pseudonymisation.scanner import (
     CHANGE,
@@ -280,9 +283,11 @@ class _Plans:
         return self._code(tag)
 
     def _code(self, tag: int) -> int:
-        if self.keeps_private and tag >> 16 & 1:
-            return CHANGE  # refused in :meth:`_Rewriter._decide`: the reference keeps them
         action = self.action(tag)
+        if self.keeps_private and action is Action.REMOVE:
+            # Removed in Python, so that what the scanner removes is private only: a profile
+            # keeping private attributes leaves any file that has some to the reference engine.
+            return CHANGE | (DICTIONARY_SQ if _dictionary_vr(tag) == "SQ" else 0)
         code = _PLAN_CODES.get(action, CHANGE)
         if _dictionary_vr(tag) == "SQ":
             code |= DICTIONARY_SQ
@@ -300,9 +305,8 @@ _EMPTIED_OR_REMOVED = frozenset({Action.REMOVE, Action.EMPTY})
     _COPY, _CHANGE, _SEQUENCE, _REMOVE, _SKIP,
     _REFUSE_CHARACTER_SET, _REFUSE_UN_SEQUENCE, _REFUSE_FOR_REFERENCE,
 ) = range(8)  # fmt: skip
-# Actions the reference engine applies: Clean needs the instance's identifying values, a
-# constant its rule's value.
-_REFERENCE_ACTIONS = frozenset({Action.CLEAN, Action.CONSTANT})
+# Actions the reference engine applies: a constant needs its rule's value.
+_REFERENCE_ACTIONS = frozenset({Action.CONSTANT})
 _REPORTED = _CAPTURED | _NAMING_UIDS | {_DEIDENTIFICATION_CODES}
 _CAPTURED_OR_CODES = _CAPTURED | {_DEIDENTIFICATION_CODES}
 _MARKER_TAGS = tuple(sorted(_MARKERS))
@@ -314,6 +318,7 @@ _VALUE_CACHE_ENTRIES = 4096
 _VALUE_CACHE_MAX_BYTES = 1024
 _MISSING = object()
 _PAST_LAST_TAG = 1 << 32  # above every tag: no marker left to write
+_PRIVATE_KEPT = "private elements under a profile that keeps some: the reference engine decides"
 
 
 class _Rewriter:
@@ -347,6 +352,7 @@ class _Rewriter:
             plans = by_sop_class[sop_class] = _Plans(pseudonymiser, sop_class)
         self.plans = plans
         self.parents: tuple[int, ...] = ()
+        self.identifiers: InstanceIdentifiers | None = None
         self.counts = ChangeCounts()
         self.encodings: list[str] = convert_encodings(None)
         self.depth = 0
@@ -360,6 +366,8 @@ class _Rewriter:
             plans.top_level, plans.classify_top_level, _MARKER_TAGS,
             (plans.nested, plans.classify_nested, MAX_SEQUENCE_DEPTH),
         )  # fmt: skip
+        if removed and plans.keeps_private:
+            raise FastPathUnsupported(_PRIVATE_KEPT)
         self.counts.removed += removed
         captured = self._captured(events)
         self.pseudonymiser.check_burned_in(captured.get(_BURNED_IN_ANNOTATION))
@@ -487,8 +495,9 @@ class _Rewriter:
             handling, action, value_vr = self._handling(tag, vr, top_level)
         new_text: str | None = None
         if handling == _CHANGE and length:
+            cache = not contextual and action is not Action.CLEAN  # cleaning is per instance
             chunk, new_text = self._changed(
-                tag, vr, value_vr, length, value, action, context, cache=not contextual
+                tag, vr, value_vr, length, value, action, context, cache=cache
             )
             out.append(chunk)
         elif handling <= _CHANGE:  # _COPY, or a change of an empty value
@@ -504,13 +513,23 @@ class _Rewriter:
         elif handling == _REFUSE_CHARACTER_SET:
             raise FastPathUnsupported("a sequence item with its own character set")
         elif handling == _REFUSE_FOR_REFERENCE:
-            raise FastPathUnsupported("a private attribute, clean or constant: the reference")
+            raise FastPathUnsupported("a constant: the reference engine writes it")
         else:
             raise FastPathUnsupported("a sequence encoded as UN")
         if top_level and tag in _NAMING_UIDS:
             if new_text is None:  # kept: the output holds the original value
                 new_text = str(self._decode(tag, vr, length, value).value or "")
             self.new_uids[tag] = new_text
+
+    def _instance_identifiers(self) -> InstanceIdentifiers:
+        """The instance's identifying values, for Clean: read once, only when needed."""
+        if self.identifiers is None:
+            try:
+                dataset = dcmread(DicomBytesIO(bytes(self.buffer)), force=True)
+            except Exception:
+                raise FastPathUnsupported("the instance cannot be read for cleaning") from None
+            self.identifiers = InstanceIdentifiers.from_dataset(dataset)
+        return self.identifiers
 
     def _handling(
         self, tag: int, vr: str | None, top_level: bool
@@ -542,7 +561,7 @@ class _Rewriter:
             return _SKIP, action, vr
         if not top_level and tag == _SPECIFIC_CHARACTER_SET:
             return _REFUSE_CHARACTER_SET, action, vr
-        if (self.plans.keeps_private and tag >> 16 & 1) or action in _REFERENCE_ACTIONS:
+        if action in _REFERENCE_ACTIONS:
             return _REFUSE_FOR_REFERENCE, action, vr
         if action is Action.REMOVE:
             return _REMOVE, action, vr
@@ -622,7 +641,11 @@ class _Rewriter:
                 raise FastPathUnsupported("undefined length value to change")
             element = self._decode(tag, vr, length, value)
             delta = ChangeCounts()
-            self.pseudonymiser.apply(element, action, context, delta)
+            walk = None
+            if action is Action.CLEAN:
+                identifiers = self._instance_identifiers()
+                walk = Walk(context, delta, self.plans.sop_class, identifiers)
+            self.pseudonymiser.apply(element, action, context, delta, walk=walk)
         counts = (delta.replaced, delta.remapped_uids, delta.emptied)
         return self._encode(element), str(element.value or ""), counts
 
@@ -676,6 +699,8 @@ class _Rewriter:
             )  # fmt: skip
             if item_end >= 0 and position != item_end:
                 raise FastPathUnsupported("item length disagrees with its elements")
+            if removed and plans.keeps_private:
+                raise FastPathUnsupported(_PRIVATE_KEPT)
             if item_end >= 0 and not removed and _covers(events, item_value, item_end):
                 out.append(buffer[item_start:item_end])
             else:

@@ -50,6 +50,8 @@ class ValidationResult:
     """The verdict on one output checked against its original.
 
     :param problems: what is wrong, each naming an attribute by keyword or tag, never by value.
+    :param key_checks: ``passed`` or ``failed`` (the anchors' pseudonyms recomputed with the
+        key), ``skipped`` (no key given, or nothing validated).
     """
 
     source: str
@@ -57,6 +59,7 @@ class ValidationResult:
     status: Status
     problems: list[str] = field(default_factory=list)
     quarantine: str | None = None
+    key_checks: str = "skipped"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -101,6 +101,9 @@ def _generated(template: str) -> Dataset:
     inner.add_new(0x00291010, "LO", "PRIVATE")
     inner.add_new(0x00290010, "LO", "ACME")
     inner.ReferencedSOPInstanceUID = dataset.SOPInstanceUID
+    # UIDs no rule names (one under the DICOM root, unregistered) and a URL holding a UID.
+    inner.ConcatenationUID = "1.2.840.10008.999.7"
+    inner.RetrieveURL = f"https://pacs.example/wado?studyUID={dataset.StudyInstanceUID}"
     middle = Dataset()
     middle.ReferencedImageSequence = Sequence([inner])
     middle.StudyDate = "20010203"
@@ -279,3 +282,32 @@ def test_patients_sharing_values_get_their_own_pseudonyms(tmp_path: Path, settin
         assert_same_decoded(output, reference_bytes(path, settings))
     dates = [pydicom.dcmread(io.BytesIO(output)).StudyDate for output in outputs]
     assert dates[0] == dates[2] != dates[1] == dates[3]
+
+
+@pytest.mark.parametrize("template", ["ct", "mr", "sr"])
+def test_research_cleans_descriptions_on_the_fast_path(tmp_path: Path, template: str):
+    """Clean Descriptors runs on the fast path (no private element): same output as reference."""
+    dataset = make_instance(template, patient=4, study=1, series=1, instance=1)
+    dataset.SeriesDescription = f"T1 {dataset.PatientName.family_name} {dataset.PatientID} axial"
+    dataset.ProtocolName = "brain routine"
+    dataset.remove_private_tags()
+    path = _write(dataset, tmp_path / "in.dcm", ExplicitVRLittleEndian, False)
+    settings = Settings(key=PseudonymKey(b"fast path differential test key"), profile="research")
+    fast = fast_bytes(path, settings)  # raises FastPathUnsupported if it fell back
+    assert_same_decoded(fast, reference_bytes(path, settings))
+    description = str(pydicom.dcmread(io.BytesIO(fast)).SeriesDescription)
+    assert "axial" in description and str(dataset.PatientID) not in description
+
+
+def test_research_leaves_files_with_private_elements_to_the_reference(tmp_path: Path):
+    """Safe private attributes are kept by the reference engine: the fast path declines."""
+    dataset = make_instance("mr", patient=4, study=1, series=1, instance=1)
+    dataset.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+    dataset.add_new(0x00291010, "OB", b"SV10")
+    path = _write(dataset, tmp_path / "in.dcm", ExplicitVRLittleEndian, False)
+    settings = Settings(key=PseudonymKey(b"fast path differential test key"), profile="research")
+    with pytest.raises(FastPathUnsupported, match="private"):
+        fast_bytes(path, settings)
+    (result,) = pseudonymise_files([path], tmp_path / "out", settings=settings)
+    assert result.engine == "reference"
+    assert pydicom.dcmread(result.output)[0x00291010].value == b"SV10"

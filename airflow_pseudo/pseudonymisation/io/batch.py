@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from airflow_pseudo.pseudonymisation.errors import (
     BurnedInAnnotationError,
+    MissingKeyError,
     PseudonymisationError,
     UnsupportedInputError,
 )
@@ -54,7 +55,7 @@ from airflow_pseudo.pseudonymisation.pixels import (
 )
 from airflow_pseudo.pseudonymisation.policy.recipe import Settings
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
-from airflow_pseudo.pseudonymisation.validation import validate_file
+from airflow_pseudo.pseudonymisation.validation import validate_output
 
 log = logging.getLogger(__name__)
 install()  # pydicom's own log records quote values: rewritten wherever the core is imported
@@ -153,11 +154,28 @@ def validate_results(
     workers: int = 1,
     progress: Progress | None = None,
 ) -> list[ValidationResult]:
-    """Re-check every ``ok`` output against its original; quarantine the outputs that fail."""
-    settings.check()
-    records = [r if isinstance(r, FileResult) else FileResult.from_dict(r) for r in results]
+    """Re-check every ``ok`` output against its original; quarantine the outputs that fail.
+
+    Without a key (``MissingKeyError`` from the settings) the key-free checks run and each
+    verdict's ``key_checks`` says ``skipped``.
+    """
+    with contextlib.suppress(MissingKeyError):
+        settings.check()
+    records = [_record(r) for r in results]
     job = _ValidationJob(Path(quarantine_dir).resolve() if quarantine_dir else None)
     return list(_run(job, records, settings, workers, progress))
+
+
+def _record(result: FileResult | Mapping[str, Any]) -> FileResult:
+    """A result record, keeping the profile fields validation reads even where FileResult
+    does not declare them."""
+    if isinstance(result, FileResult):
+        return result
+    record = FileResult.from_dict(result)
+    for name in ("profile_digest", "method_codes"):
+        if name in result and not hasattr(record, name):
+            setattr(record, name, result[name])
+    return record
 
 
 class _FileJob:
@@ -369,14 +387,24 @@ class _ValidationJob:
             return ValidationResult(
                 record.source, record.output, "skipped", [f"not validated: {record.status}"]
             )
+        key_checks = "skipped"
         try:
             with pydicom_messages_by_tag():
-                problems = validate_file(record.source, record.output, settings=settings)
+                verdict = validate_output(
+                    record.source,
+                    record.output,
+                    settings=settings,
+                    method_codes=getattr(record, "method_codes", None),
+                    profile_digest=getattr(record, "profile_digest", None),
+                )
+                problems, key_checks = verdict.problems, verdict.key_checks
         except Exception as exc:
             problems = [f"validation could not run: {failure_reason(exc)}"]
         if not problems:
-            return ValidationResult(record.source, record.output, "ok")
-        result = ValidationResult(record.source, record.output, "failed", problems)
+            return ValidationResult(record.source, record.output, "ok", key_checks=key_checks)
+        result = ValidationResult(
+            record.source, record.output, "failed", problems, key_checks=key_checks
+        )
         if self.quarantine_dir is not None and _exists(record.output):
             result.quarantine = quarantine(
                 record.output, "; ".join(problems), self.quarantine_dir, move=True

@@ -89,10 +89,16 @@ def _level(
         rule = rules[tag]
         if tag.is_private and (tag.group, tag.element) in kept_blocks:
             rule = PRIVATE_CREATOR
-        keyword = keyword_for_tag(tag) or ("private" if tag.is_private else "unknown")
+        keyword = keyword_for_tag(tag) or _unnamed(tag)
         yield f"{indent}{tag} {keyword}: {describe_rule(rule)}"
         element = dataset[tag]
         if element.VR == "SQ" and rule.action not in (Action.REMOVE, Action.EMPTY):
             for number, item in enumerate(element.value, start=1):
                 yield f"{indent}  item {number}"
                 yield from _level(profile, item, sop_class, (*parents, int(tag)), indent + "    ")
+
+
+def _unnamed(tag: BaseTag) -> str:
+    if tag.element == 0:
+        return "GroupLength"
+    return "private" if tag.is_private else "unknown"

@@ -1,0 +1,96 @@
+"""The original, read once: its identifiers and its anchors.
+
+An original written as a DICOM file is scanned like the output (:func:`.layout.read_layout`),
+reporting and decoding only the values that may identify; anything else (no preamble, a
+structure the walker refuses) is read by pydicom, which tolerates more.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pydicom
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+
+from airflow_pseudo.pseudonymisation.identifiers import InstanceIdentifiers, keyword_kind
+from airflow_pseudo.pseudonymisation.validation.keys import ANCHORS
+from airflow_pseudo.pseudonymisation.validation.layout import (
+    SPECIFIC_CHARACTER_SET,
+    Layout,
+    UnreadableOutputError,
+    implicit_vr,
+    read_layout,
+)
+from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
+from airflow_pseudo.pseudonymisation.validation.values import texts
+
+_ANCHOR_TAGS = frozenset(ANCHORS.values())
+_PLAN: dict[int, int] = {}
+"""The scanner's plan for originals: the same for every run."""
+
+
+@dataclass(frozen=True)
+class Original:
+    """What the checks need of the original.
+
+    :param anchors: keyword -> value of the key checks' anchors present at the top level.
+    """
+
+    identifiers: InstanceIdentifiers
+    anchors: dict[str, str]
+
+
+def read_original(data: bytes, source_path: str | None = None) -> Original:
+    """Read an original from its bytes.
+
+    :raises Exception: whatever pydicom raises for bytes that are not DICOM at all.
+    """
+    try:
+        layout = read_layout(data, _identifying_tag, _PLAN)
+    except UnreadableOutputError:
+        with quiet_pydicom("original"):
+            return from_dataset(pydicom.dcmread(io.BytesIO(data), force=True), source_path)
+    return from_layout(layout, source_path)
+
+
+def from_layout(layout: Layout, source_path: str | None = None) -> Original:
+    with quiet_pydicom("original"):
+        identifiers = InstanceIdentifiers.from_values(_identifying_values(layout), source_path)
+    anchors = {}
+    for keyword, tag in ANCHORS.items():
+        value = texts(layout, layout.top_level(tag))
+        if value and value[0]:
+            anchors[keyword] = value[0]
+    return Original(identifiers, anchors)
+
+
+def from_dataset(dataset: Dataset, source_path: str | None = None) -> Original:
+    with quiet_pydicom("original"):
+        identifiers = InstanceIdentifiers.from_dataset(dataset, source_path)
+    anchors = {}
+    for keyword in ANCHORS:
+        value = str(dataset.get(keyword, "") or "").strip("\x00 ")
+        if value:
+            anchors[keyword] = value
+    return Original(identifiers, anchors)
+
+
+@lru_cache(maxsize=16384)
+def _identifying_tag(tag: int) -> bool:
+    """Whether an element of the original may hold an identifier or an anchor."""
+    if tag in _ANCHOR_TAGS or tag == SPECIFIC_CHARACTER_SET:
+        return True
+    return implicit_vr(tag) in ("PN", "UI") or keyword_kind(keyword_for_tag(tag) or "") is not None
+
+
+def _identifying_values(layout: Layout) -> Iterator[tuple[str, str, str]]:
+    for element in layout.elements:
+        keyword = element.keyword
+        if element.vr in ("PN", "UI") or keyword_kind(keyword) is not None:
+            for value in texts(layout, element):
+                if value:
+                    yield keyword, element.vr, value

@@ -1,0 +1,134 @@
+"""Tests for the identifiers of an instance: what is derived, and where the matcher finds it."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+
+from airflow_pseudo.pseudonymisation.identifiers import (
+    Identifier,
+    InstanceIdentifiers,
+    encodings_for,
+)
+from airflow_pseudo.testing import FakePatient, make_instance
+
+PATIENT = FakePatient.for_number(1)
+
+
+@pytest.fixture
+def ct() -> Dataset:
+    return make_instance("ct", patient=1)
+
+
+@pytest.fixture
+def identifiers(ct: Dataset) -> InstanceIdentifiers:
+    return InstanceIdentifiers.from_dataset(ct, "/archive/Testperson_Alice_scan/pt001.dcm")
+
+
+def _kinds(identifiers: InstanceIdentifiers, value: str) -> set[str]:
+    return {i.kind for i in identifiers.identifiers if i.value == value}
+
+
+def _found(identifiers: InstanceIdentifiers, text: str) -> list[tuple[str, str, bool]]:
+    return [(f.kind, text[f.start : f.end], f.ambiguous) for f in identifiers.find_text(text)]
+
+
+def test_every_kind_is_derived_from_the_original(ct: Dataset, identifiers: InstanceIdentifiers):
+    """Names and components, IDs, dates, addresses, phones, institutions, UIDs and the path."""
+    assert _kinds(identifiers, "Testperson") == {"name"}
+    assert _kinds(identifiers, "Alice") == {"name"}
+    assert _kinds(identifiers, PATIENT.patient_id) == {"id"}
+    assert _kinds(identifiers, PATIENT.other_patient_ids[0]) == {"id"}
+    assert _kinds(identifiers, ct.AccessionNumber) == {"id"}
+    assert _kinds(identifiers, ct.StudyID) == {"id"}
+    birth = PATIENT.birth_date
+    assert _kinds(identifiers, birth) == {"date"}
+    assert _kinds(identifiers, f"{birth[6:]}.{birth[4:6]}.{birth[:4]}") == {"date"}
+    assert _kinds(identifiers, f"{birth[:4]}-{birth[4:6]}-{birth[6:]}") == {"date"}
+    assert _kinds(identifiers, PATIENT.address) == {"address"}
+    assert _kinds(identifiers, PATIENT.phone) == {"phone"}
+    assert _kinds(identifiers, PATIENT.institution) == {"institution"}
+    assert _kinds(identifiers, ct.StudyInstanceUID) == {"uid"}
+    assert _kinds(identifiers, "Testperson_Alice_scan") == {"path"}
+    # A name two sequence levels down.
+    assert _kinds(identifiers, PATIENT.scheduled_physician.split("^")[0]) == {"name"}
+
+
+def test_registered_uids_and_short_path_parts_are_not_identifiers(
+    ct: Dataset, identifiers: InstanceIdentifiers
+):
+    """SOP classes and transfer syntaxes are the standard's; ``/archive`` names no one."""
+    values = {i.value for i in identifiers.identifiers}
+    assert ct.SOPClassUID not in values
+    assert ct.file_meta.TransferSyntaxUID not in values
+    assert "pt001" not in values
+
+
+def test_names_match_case_insensitively_on_word_boundaries(identifiers: InstanceIdentifiers):
+    assert ("name", "TESTPERSON", False) in _found(identifiers, "seen by TESTPERSON today")
+    assert _found(identifiers, "Testpersonal notes") == []
+    assert _found(identifiers, "TESTPERSON_MEC") == []  # one word, as in coded values
+    assert [k for k, _, _ in _found(identifiers, "for alice testperson")] == ["name", "name"]
+
+
+def test_a_short_id_matches_only_a_whole_token():
+    """A 4-digit ID is found as a value or word, never inside a UID or a longer number."""
+    identifiers = InstanceIdentifiers([Identifier("id", "4711")])
+    assert _found(identifiers, "patient 4711.") == [("id", "4711", True)]
+    assert _found(identifiers, "4711") == [("id", "4711", True)]
+    assert _found(identifiers, "2.25.1234711") == []
+    assert _found(identifiers, "2.25.4711.3") == []
+    assert _found(identifiers, "1.2.4711") == []
+    assert _found(identifiers, "147110") == []
+    assert _found(identifiers, "A4711") == []
+
+
+def test_long_ids_and_distinct_names_are_unambiguous_short_and_common_ones_are_not():
+    identifiers = InstanceIdentifiers.from_dataset(_patient("Head^Li", "1234567"))
+    assert _found(identifiers, "id 1234567") == [("id", "1234567", False)]
+    assert _found(identifiers, "Head CT") == [("name", "Head", True)]
+    assert _found(identifiers, "Li") == [("name", "Li", True)]
+    # A name with an ambiguous component is also searched for whole, in the usual orders.
+    assert ("name", "Li Head", False) in _found(identifiers, "Li Head")
+    assert ("name", "Head, Li", False) in _found(identifiers, "Head, Li")
+
+
+def test_dates_match_in_common_forms_but_not_inside_numbers():
+    identifiers = InstanceIdentifiers.from_dataset(_patient("Doe^Jane", "X1", "19700101"))
+    for text in ("19700101", "1970-01-01", "01/01/1970", "01.01.1970", "born 01.01.1970."):
+        assert [kind for kind, _, _ in _found(identifiers, text)] == ["date"], text
+    assert _found(identifiers, "2.25.119700101") == []
+
+
+def test_find_searches_bytes_in_the_file_encodings():
+    """A Latin-1 name is found in Latin-1 bytes, with offsets into the bytes."""
+    identifiers = InstanceIdentifiers.from_dataset(_patient("Müller^Jürgen", "X1"))
+    data = b"\x00\x10LO\x0c\x00" + "MÜLLER Jürgen".encode("latin-1")
+    encodings = encodings_for("ISO_IR 100")
+    assert encodings == ("ascii", "latin_1")
+    findings = list(identifiers.find(data, encodings))
+    assert {data[f.start : f.end].decode("latin-1").lower() for f in findings} >= {"müller jürgen"}
+    assert list(identifiers.find(data)) == []  # in ASCII the umlauts cannot be matched
+
+
+def test_clean_text_removes_every_identifying_value(identifiers: InstanceIdentifiers):
+    cleaned = identifiers.clean_text(
+        f"Alice Testperson ({PATIENT.patient_id}), born {PATIENT.birth_date}, "
+        f"tel {PATIENT.phone}: no change since last study"
+    )
+    assert "Testperson" not in cleaned
+    assert "Alice" not in cleaned
+    assert PATIENT.patient_id not in cleaned
+    assert PATIENT.birth_date not in cleaned
+    assert PATIENT.phone not in cleaned
+    assert cleaned.endswith("no change since last study")
+    assert identifiers.clean_text("no identifiers here") == "no identifiers here"
+
+
+def _patient(name: str, patient_id: str, birth_date: str = "") -> Dataset:
+    dataset = Dataset()
+    dataset.PatientName = name
+    dataset.PatientID = patient_id
+    if birth_date:
+        dataset.PatientBirthDate = birth_date
+    return dataset
