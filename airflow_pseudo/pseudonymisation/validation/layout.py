@@ -24,6 +24,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.tag import BaseTag
@@ -69,8 +70,7 @@ class UnreadableOutputError(ValueError):
     """The output is not DICOM this tool could have written; the message names no value."""
 
 
-@dataclass(frozen=True)
-class Element:
+class Element(NamedTuple):
     """One element with a value (not a sequence) and where its value lies in the file.
 
     :param path: ``(tag, item index)`` of each enclosing sequence item, outermost first.
