@@ -121,10 +121,10 @@ class Layout:
     """Whether :attr:`elements` holds every element, or only those a *wanted* asked for."""
     private_elements: int = 0
     """Private elements the scanner skipped (a complete walk lists them in :attr:`elements`)."""
-    _complete: Layout | None = field(default=None, repr=False)
-    _character_set: list[str] | None = field(default=None, repr=False)
-    _starts: list[int] = field(default_factory=list, repr=False)
-    _top: dict[int, Element] | None = field(default=None, repr=False)
+    _complete: Layout | None = field(default=None, repr=False, compare=False)
+    _character_set: list[str] | None = field(default=None, repr=False, compare=False)
+    _starts: list[int] = field(default_factory=list, repr=False, compare=False)
+    _top: dict[int, Element] | None = field(default=None, repr=False, compare=False)
 
     def complete(self) -> Layout:
         """This layout with every element: walked again, in full, if the scanner skipped any."""
