@@ -24,6 +24,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.tag import BaseTag
@@ -69,8 +70,7 @@ class UnreadableOutputError(ValueError):
     """The output is not DICOM this tool could have written; the message names no value."""
 
 
-@dataclass(frozen=True)
-class Element:
+class Element(NamedTuple):
     """One element with a value (not a sequence) and where its value lies in the file.
 
     :param path: ``(tag, item index)`` of each enclosing sequence item, outermost first.
@@ -121,10 +121,10 @@ class Layout:
     """Whether :attr:`elements` holds every element, or only those a *wanted* asked for."""
     private_elements: int = 0
     """Private elements the scanner skipped (a complete walk lists them in :attr:`elements`)."""
-    _complete: Layout | None = field(default=None, repr=False)
-    _character_set: list[str] | None = field(default=None, repr=False)
-    _starts: list[int] = field(default_factory=list, repr=False)
-    _top: dict[int, Element] | None = field(default=None, repr=False)
+    _complete: Layout | None = field(default=None, repr=False, compare=False)
+    _character_set: list[str] | None = field(default=None, repr=False, compare=False)
+    _starts: list[int] = field(default_factory=list, repr=False, compare=False)
+    _top: dict[int, Element] | None = field(default=None, repr=False, compare=False)
 
     def complete(self) -> Layout:
         """This layout with every element: walked again, in full, if the scanner skipped any."""

@@ -19,6 +19,8 @@ def texts(layout: Layout, element: Element | None) -> list[str]:
     if not raw:
         return []
     if raw.isascii() or element.vr not in _DECODED_VRS:
+        if b"\\" not in raw:
+            return [raw.decode("latin-1").strip("\x00 ")]
         return _split(raw.decode("latin-1"))
     return _decoded(raw, tuple(layout.specific_character_set()))
 
