@@ -98,7 +98,7 @@ def _original_names(staging: Path) -> dict[str, str]:
     The mapping lives in the staging folder (a PHI zone, like the incoming folder); the terminal
     of the person running the demo is one too, so showing the original names here is fine.
     """
-    from airflow_pseudo.pseudonymisation.incoming import CLAIMS_FILE
+    from airflow_pseudo.incoming import CLAIMS_FILE
 
     claims = staging / CLAIMS_FILE
     if not claims.exists():

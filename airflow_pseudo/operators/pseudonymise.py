@@ -116,7 +116,8 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
     Every file is processed: a file that cannot be pseudonymised is recorded as ``failed`` with its
     reason and a copy is put in ``quarantine_dir``; files that are not DICOM are ``skipped``.
     Then the failure policy applies: if more than ``max_failed_files`` files failed, the task fails
-    (a normal failure, so ``retries`` apply) after pushing the records to XCom.
+    after pushing the records to XCom; bad data fails without retrying, and only failures caused
+    by I/O errors leave ``retries`` to apply.
 
     The return value (XCom ``return_value``) is the list of the core's ``FileResult.to_dict()``
     records: source and output paths, status, reason, quarantine path and change counts. It never
@@ -292,11 +293,25 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
                 )
         if counts["failed"] > max_failed:
             push_before_failing(context, records)
-            raise AirflowException(
+            message = (
                 f"{counts['failed']} of {len(records)} file(s) failed, more than "
                 f"max_failed_files={max_failed}; see quarantine {quarantine_dir}"
             )
+            if any(is_transient_failure(r) for r in records):
+                raise AirflowException(message + " (I/O errors: retrying may help)")
+            # Bad data fails the same way every time: no retry.
+            raise AirflowFailException(message)
         return records
+
+
+#: Reasons of per-file failures a retry may cure (the core's wording for OS errors).
+TRANSIENT_REASON_PREFIXES = ("cannot read or write the file",)
+
+
+def is_transient_failure(record: Mapping[str, Any]) -> bool:
+    """Whether a failed record's reason is an I/O error rather than bad data."""
+    reason = str(record.get("reason") or "")
+    return record.get("status") == "failed" and reason.startswith(TRANSIENT_REASON_PREFIXES)
 
 
 def count_statuses(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

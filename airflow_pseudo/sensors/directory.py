@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_pseudo.triggers.directory import DirectoryTrigger
 
@@ -26,6 +26,10 @@ class DirectorySensor(BaseSensorOperator):
     ``min_files`` files are settled, and its XCom ``return_value`` is the sorted list of their
     absolute paths (capped at ``max_files``), ready to feed a
     :class:`~airflow_pseudo.operators.pseudonymise.PseudonymiseOperator` or a mapped task.
+
+    A folder that does not exist or cannot be listed is a configuration error, not an empty
+    folder: the task fails at once with a message naming it (even with ``soft_fail``), rather
+    than polling until ``timeout``.
 
     ``poke`` has no side effects, so the sensor works in ``poke`` and ``reschedule`` mode, and with
     ``deferrable=True`` it waits on the triggerer with a
@@ -97,15 +101,28 @@ class DirectorySensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Return whether enough settled files exist, with their paths as the XCom value."""
-        from airflow_pseudo.pseudonymisation.incoming import find_settled_files
+        from airflow_pseudo.incoming import find_settled_files
 
         args = self._listing_args()
         files = find_settled_files(args.pop("folder"), args.pop("pattern"), **args)
         self.log.info("%d settled file(s) in %s", len(files), self.folder)
         return PokeReturnValue(is_done=bool(files), xcom_value=self._cap(files))
 
+    def check_folder(self) -> None:
+        """Fail without retrying if the folder is missing or cannot be listed."""
+        from airflow_pseudo.incoming import check_folder
+
+        try:
+            check_folder(self.folder)
+        except OSError as exc:
+            raise AirflowFailException(
+                f"{exc.strerror}: {exc.filename}; create it or correct the folder to watch"
+            ) from None
+
     def execute(self, context: Context) -> Any:
-        """Poke, or check once and then defer to the triggerer when ``deferrable``."""
+        """Check the folder, then poke, or check once and defer to the triggerer."""
+        # Outside poke(): BaseSensorOperator turns a failure in poke into a skip with soft_fail.
+        self.check_folder()
         if not self.deferrable:
             return super().execute(context)
         first = self.poke(context)

@@ -14,7 +14,7 @@ class DirectoryTrigger(BaseTrigger):
     Fire once a folder holds settled files matching a glob pattern.
 
     Each check lists the folder with
-    :func:`~airflow_pseudo.pseudonymisation.incoming.find_settled_files` in a worker thread, so a
+    :func:`~airflow_pseudo.incoming.find_settled_files` in a worker thread, so a
     slow (e.g. network) file system never blocks the triggerer's event loop. The trigger yields one
     event and stops: ``{"status": "success", "files": [...]}``, or
     ``{"status": "error", "message": ...}`` if listing raised.
@@ -67,7 +67,7 @@ class DirectoryTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Check the folder every ``poke_interval`` seconds until settled files are found."""
-        from airflow_pseudo.pseudonymisation.incoming import find_settled_files
+        from airflow_pseudo.incoming import find_settled_files
 
         while True:
             try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_pseudo.pseudonymisation.incoming import claim_files, find_settled_files
+from airflow_pseudo.incoming import claim_files, find_settled_files
 
 NOW = 1_800_000_000.0
 
@@ -69,9 +69,13 @@ class TestFindSettledFiles:
             str(a)
         ]
 
-    def test_missing_folder_has_no_files(self, tmp_path: Path):
-        """A folder that does not exist (yet) is treated as empty."""
-        assert find_settled_files(tmp_path / "nope", settle_seconds=0) == []
+    def test_missing_folder_is_an_error(self, tmp_path: Path):
+        """A folder that does not exist is a configuration error, not an empty folder."""
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            find_settled_files(tmp_path / "nope", settle_seconds=0)
+        (tmp_path / "file").write_bytes(b"x")
+        with pytest.raises(NotADirectoryError):
+            find_settled_files(tmp_path / "file", settle_seconds=0)
 
     def test_default_now_is_current_time(self, tmp_path: Path):
         """Without ``now`` the wall clock is used."""
