@@ -113,9 +113,7 @@ def test_keep_outputs_keeps_work_outputs(tmp_path: Path, run: dict[str, Any], fl
     assert all(o.is_file() for o in outputs)
 
 
-def test_retry_after_outputs_deleted_checks_published_copies(
-    tmp_path: Path, run: dict[str, Any]
-):
+def test_retry_after_outputs_deleted_checks_published_copies(tmp_path: Path, run: dict[str, Any]):
     """A retry after retention finds the copies unchanged; a damaged one fails, never silently."""
     _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
     again = _publish(tmp_path, run).execute({})  # type: ignore[arg-type]

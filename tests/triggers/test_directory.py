@@ -136,9 +136,7 @@ class TestDirectoryTrigger:
             tick_task.cancel()
             return event, ticks
 
-        with mock.patch(
-            "airflow_pseudo.incoming.find_settled_files", slow_listing
-        ):
+        with mock.patch("airflow_pseudo.incoming.find_settled_files", slow_listing):
             event, ticks = asyncio.run(main())
         assert event.payload["files"] == ["/in/a.dcm"]
         assert listing_threads
