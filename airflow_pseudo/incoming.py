@@ -98,7 +98,8 @@ def find_settled_files(
     :param pattern: A :meth:`pathlib.Path.glob` pattern relative to ``folder``.
         Defaults to ``**/*`` (every file at any depth).
     :param settle_seconds: Minimum age, in seconds, of a file's modification time.
-    :param min_files: Return nothing until at least this many files are settled. Defaults to ``1``.
+    :param min_files: Return nothing until at least this many files are settled. Defaults to ``1``;
+        ``0`` returns whatever is settled, possibly nothing.
     :param marker: A file name (relative to ``folder``) that must exist before any file is
         reported, e.g. ``_SUCCESS``. The marker itself is never reported.
     :param now: The current time as a POSIX timestamp; defaults to :func:`time.time`.
@@ -124,7 +125,7 @@ def find_settled_files(
             continue
         if stat.st_size > 0 and current - stat.st_mtime >= settle_seconds:
             settled.add(str(path))
-    if len(settled) < max(min_files, 1):
+    if len(settled) < min_files:
         return []
     return sorted(settled)
 

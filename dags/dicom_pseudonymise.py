@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Asset, Param
+from airflow.sdk import DAG, Asset, Param, TriggerRule
 
 from airflow_pseudo.operators.ingest import IngestOperator
 from airflow_pseudo.operators.pseudonymise import PseudonymiseOperator
@@ -68,7 +68,9 @@ PARAMS = {
     "archive_dir": Param(f"{DATA_DIR}/archive", type="string", description="Processed inputs"),
     "pattern": Param("**/*", type="string", description="Glob of files to take"),
     "settle_seconds": Param(60, type="number", minimum=0, description="Unchanged for this long"),
-    "min_files": Param(1, type="integer", minimum=1),
+    "min_files": Param(
+        1, type="integer", minimum=0, description="0: do not wait (e.g. to adopt a failed run)"
+    ),
     "max_files": Param(1000, type="integer", minimum=1, description="Files taken per run"),
     "marker": Param(None, type=["null", "string"], description="e.g. _SUCCESS"),
     "max_failed_files": Param(0, type="integer", minimum=0, description="Failure policy"),
@@ -124,6 +126,9 @@ with DAG(
         min_files="{{ params.min_files }}",
         max_files="{{ params.max_files }}",
         marker="{{ params.marker }}",
+        # Also when wait was skipped (nothing new): files this run (cleared) or a failed run
+        # left in staging are still processed.
+        trigger_rule=TriggerRule.NONE_FAILED,
     )
     wait >> ingest
 

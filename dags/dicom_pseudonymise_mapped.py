@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Asset, Param
+from airflow.sdk import DAG, Asset, Param, TriggerRule
 
 from airflow_pseudo.operators.ingest import IngestOperator
 from airflow_pseudo.operators.pseudonymise import PseudonymiseOperator
@@ -47,7 +47,9 @@ PARAMS = {
     "archive_dir": Param(f"{DATA_DIR}/archive", type="string", description="Processed inputs"),
     "pattern": Param("**/*", type="string", description="Glob of files to take"),
     "settle_seconds": Param(60, type="number", minimum=0, description="Unchanged for this long"),
-    "min_files": Param(1, type="integer", minimum=1),
+    "min_files": Param(
+        1, type="integer", minimum=0, description="0: do not wait (e.g. to adopt a failed run)"
+    ),
     "max_files": Param(20000, type="integer", minimum=1, description="Files taken per run"),
     "marker": Param(None, type=["null", "string"], description="e.g. _SUCCESS"),
     "batch_size": Param(200, type="integer", minimum=1, description="Files per mapped task"),
@@ -105,6 +107,9 @@ with DAG(
         max_files="{{ params.max_files }}",
         marker="{{ params.marker }}",
         batch_size="{{ params.batch_size }}",
+        # Also when wait was skipped (nothing new): files this run (cleared) or a failed run
+        # left in staging are still processed.
+        trigger_rule=TriggerRule.NONE_FAILED,
     )
     wait >> ingest
 

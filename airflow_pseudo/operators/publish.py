@@ -68,7 +68,9 @@ class PublishOperator(BaseOperator):
     paths relative to ``input_root``, or deleted when ``delete_inputs`` is set; without either they
     stay where they are. A failed input is archived too: its copy is in quarantine. The staging
     folder's ``claims.jsonl`` (original names) goes with the archived inputs (mode 0600), or is
-    deleted with them, and the emptied staging folder is removed, so a later run never adopts it.
+    deleted with them, and the emptied staging folder is removed. Inputs left in it (not
+    published) stay adoptable by a later run; with neither ``archive_dir`` nor ``delete_inputs``
+    the folder is marked as done, so its published inputs are never adopted.
 
     Work outputs are not kept twice: once published, each output is deleted from ``output_root``
     (and emptied folders with it) unless ``keep_outputs`` is set.
@@ -300,9 +302,9 @@ class PublishOperator(BaseOperator):
 
         delete = _as_bool(self.delete_inputs)
         root = Path(self.input_root or os.path.commonpath([os.path.dirname(s) for s in sources]))
-        # The run is over for its staging folder: a later run must never adopt what is left.
-        (root / RUN_FILE).unlink(missing_ok=True)
         if not self.archive_dir and not delete:
+            # The published inputs stay in place: a later run must never adopt them.
+            (root / RUN_FILE).unlink(missing_ok=True)
             return 0
         handled = {"published", "unchanged", "quarantined", "skipped"}
         done = [e["source"] for e in manifest if e["status"] in handled]
@@ -333,14 +335,10 @@ class PublishOperator(BaseOperator):
 
     def _close_staging(self, root: Path, delete: bool) -> None:
         """Move (or delete) ingest's record of original names, then the emptied staging folder."""
-        from airflow_pseudo.incoming import CLAIMS_FILE, staged_files
+        from airflow_pseudo.incoming import CLAIMS_FILE, RUN_FILE, staged_files
 
         claims = root / CLAIMS_FILE
-        if not claims.is_file():
-            return
-        if delete:
-            claims.unlink()
-        else:
+        if claims.is_file() and not delete:
             assert self.archive_dir is not None
             # Keep the record of the original names with the inputs it names, owner-only.
             target = Path(self.archive_dir) / CLAIMS_FILE
@@ -348,7 +346,10 @@ class PublishOperator(BaseOperator):
             with os.fdopen(fd, "wb") as handle:
                 os.fchmod(fd, 0o600)
                 handle.write(claims.read_bytes())
-            if not staged_files(root):
-                claims.unlink()
-        with contextlib.suppress(OSError):  # inputs that failed without a quarantine copy stay
+        if not staged_files(root):
+            claims.unlink(missing_ok=True)
+            (root / RUN_FILE).unlink(missing_ok=True)
+        # Inputs not published (e.g. failed without a quarantine copy) stay, with the run file,
+        # so that a later run adopts them.
+        with contextlib.suppress(OSError):
             root.rmdir()

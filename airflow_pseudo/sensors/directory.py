@@ -40,7 +40,8 @@ class DirectorySensor(BaseSensorOperator):
     :param pattern: Glob pattern relative to ``folder``. Defaults to ``**/*``. (templated)
     :param settle_seconds: Minimum age of a file's modification time, in seconds.
         Defaults to ``60``. (templated)
-    :param min_files: Minimum number of settled files. Defaults to ``1``. (templated)
+    :param min_files: Minimum number of settled files. Defaults to ``1``; ``0`` does not wait
+        (e.g. for a run that only adopts the files of a failed run). (templated)
     :param marker: Name of a file that must exist in ``folder`` first. Defaults to ``None``.
         (templated)
     :param max_files: Return at most this many files (the oldest names first, sorted); the rest
@@ -106,7 +107,8 @@ class DirectorySensor(BaseSensorOperator):
         args = self._listing_args()
         files = find_settled_files(args.pop("folder"), args.pop("pattern"), **args)
         self.log.info("%d settled file(s) in %s", len(files), self.folder)
-        return PokeReturnValue(is_done=bool(files), xcom_value=self._cap(files))
+        done = bool(files) or int(self.min_files) == 0  # 0: do not wait
+        return PokeReturnValue(is_done=done, xcom_value=self._cap(files))
 
     def check_folder(self) -> None:
         """Fail without retrying if the folder is missing or cannot be listed."""

@@ -260,3 +260,10 @@ class TestMissingFolder:
         (tmp_path / "plain").write_bytes(b"x")
         with pytest.raises(AirflowFailException, match="not a directory"):
             _sensor(tmp_path / "plain").execute({"ti": _FirstTry()})  # type: ignore[arg-type]
+
+
+def test_min_files_zero_does_not_wait(tmp_path: Path):
+    """min_files=0 is done at the first poke, even on an empty folder (a run that only adopts)."""
+    result = _sensor(tmp_path, min_files=0).poke({})  # type: ignore[arg-type]
+    assert result.is_done
+    assert result.xcom_value == []
