@@ -37,6 +37,7 @@ __all__ = [
     "claim_files_neutral",
     "find_settled_files",
     "read_run_file",
+    "remove_empty_staging",
     "staged_files",
     "write_run_file",
 ]
@@ -369,11 +370,25 @@ def adopt_staging(
             ours.compact()
             left = theirs.compact()
     if not left:
-        for leftover in (CLAIMS_FILE, RUN_FILE):
-            (orphan / leftover).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # holds something else: keep it
-            orphan.rmdir()
+        remove_empty_staging(orphan)
     return adopted
+
+
+def remove_empty_staging(staging_dir: str | os.PathLike[str]) -> bool:
+    """
+    Remove a staging folder that holds no claimed file; return whether it is gone.
+
+    :param staging_dir: A run's staging folder. Its ``claims.jsonl`` and ``run.json`` go with it;
+        a folder holding anything else is kept.
+    """
+    staging = Path(staging_dir)
+    if staged_files(staging):
+        return False
+    for leftover in (CLAIMS_FILE, RUN_FILE):
+        (staging / leftover).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # holds something else: keep it
+        staging.rmdir()
+    return not staging.exists()
 
 
 def write_run_file(staging_dir: str | os.PathLike[str], *, dag_id: str, run_id: str) -> None:

@@ -126,6 +126,7 @@ class IngestOperator(BaseOperator):
         from airflow_pseudo.incoming import (
             claim_files_neutral,
             find_settled_files,
+            remove_empty_staging,
             staged_files,
             write_run_file,
         )
@@ -179,6 +180,7 @@ class IngestOperator(BaseOperator):
                 max_files,
             )
         if not files:
+            remove_empty_staging(staging)
             raise AirflowSkipException("No file to process: nothing settled or all taken")
         if batch_size is None:
             return files

@@ -80,10 +80,11 @@ class TestClaiming:
         more = _op(tmp_path, max_files=4).execute(_context())
         assert more[:2] == first and len(more) == 4
 
-    def test_empty_incoming_is_skipped(self, tmp_path: Path):
+    def test_empty_incoming_is_skipped_leaving_no_staging_folder(self, tmp_path: Path):
         (tmp_path / "incoming").mkdir()
         with pytest.raises(AirflowSkipException):
             _op(tmp_path).execute(_context())
+        assert list((tmp_path / "work" / "staging").iterdir()) == []
 
     def test_batches(self, tmp_path: Path):
         """With batch_size the files come back in batches for dynamic task mapping."""
