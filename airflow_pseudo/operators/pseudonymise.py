@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -304,14 +305,26 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
         return records
 
 
-#: Reasons of per-file failures a retry may cure (the core's wording for OS errors).
-TRANSIENT_REASON_PREFIXES = ("cannot read or write the file",)
+#: OS errors a retry may cure: the storage, not the data, was at fault.
+TRANSIENT_ERRNOS = (
+    errno.EIO,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EAGAIN,
+    errno.EBUSY,
+    errno.ESTALE,
+    errno.ETIMEDOUT,
+    errno.ENFILE,
+    errno.EMFILE,
+    errno.ENOMEM,
+)
+_TRANSIENT_MESSAGES = tuple(os.strerror(code) for code in TRANSIENT_ERRNOS)
 
 
 def is_transient_failure(record: Mapping[str, Any]) -> bool:
-    """Whether a failed record's reason is an I/O error rather than bad data."""
+    """Whether a failed record's reason names a transient OS error (the core quotes strerror)."""
     reason = str(record.get("reason") or "")
-    return record.get("status") == "failed" and reason.startswith(TRANSIENT_REASON_PREFIXES)
+    return record.get("status") == "failed" and any(m in reason for m in _TRANSIENT_MESSAGES)
 
 
 def count_statuses(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

@@ -222,8 +222,11 @@ def test_io_failures_are_transient_and_bad_data_is_not():
     """Only per-file failures caused by I/O errors leave the task's retries to apply."""
     from airflow_pseudo.operators.pseudonymise import is_transient_failure
 
-    io_error = {"status": "failed", "reason": "cannot read or write the file (Input/output error)"}
-    bad_data = {"status": "failed", "reason": "truncated DICOM (unexpected end of file)"}
-    assert is_transient_failure(io_error)
-    assert not is_transient_failure(bad_data)
-    assert not is_transient_failure({**io_error, "status": "ok"})
+    def failed(reason: str) -> dict[str, str]:
+        return {"status": "failed", "reason": reason}
+
+    assert is_transient_failure(failed("cannot read or write the file (Input/output error)"))
+    assert is_transient_failure(failed("cannot write the output (No space left on device)"))
+    assert not is_transient_failure(failed("truncated DICOM (unexpected end of file)"))
+    assert not is_transient_failure(failed("cannot read or write the file (Permission denied)"))
+    assert not is_transient_failure({"status": "ok", "reason": "Input/output error"})
