@@ -294,3 +294,52 @@ def test_keep_outputs_keeps_work_outputs(tmp_path: Path):
     assert len(outputs) == len(inputs)
     shutil.rmtree(tmp_path / "work" / "output")
     _assert_recovered(tmp_path, inputs)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A 64 KiB tmpfs (root only, as in CI), unmounted afterwards."""
+    import subprocess
+
+    mountpoint = tmp_path / "work" / "output"
+    mountpoint.mkdir(parents=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root (the CI runs tests as root)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.mark.usefixtures("pseudo_conn")
+def test_full_disk_then_clearing_the_run_publishes(tmp_path: Path, small_tmpfs: Path):
+    """Procedure "disk full": the outputs do not fit; the task is retried (an I/O error), then
+    fails with every input still staged; free space, then clear the run."""
+    import subprocess
+    from datetime import timedelta
+
+    inputs = _inputs(tmp_path)
+    retry_at_once = {"retries": 1, "retry_delay": timedelta(0), "retry_exponential_backoff": False}
+    failed = _dag(pseudonymise=retry_at_once).test(run_conf=_conf(tmp_path))
+    assert failed.state == "failed"
+    assert _states(failed)["pseudonymise"] == "failed"
+    (ti,) = [t for t in failed.get_task_instances() if t.task_id == "pseudonymise"]
+    assert ti.try_number == 2  # an I/O error is retried (bad data is not)
+    staging = tmp_path / "work" / "staging" / failed.run_id
+    assert len(_files_under(staging)) == len(inputs) + 2
+
+    remount = ["mount", "-o", "remount,size=64m", str(small_tmpfs)]
+    subprocess.run(remount, check=True)  # space is freed
+    again = _dag(wait={"timeout": 0}).test(
+        run_conf=_conf(tmp_path), logical_date=failed.logical_date, run_after=failed.run_after
+    )
+    assert again.state == "success", _states(again)
+    _assert_recovered(tmp_path, inputs)
