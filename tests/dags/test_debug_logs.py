@@ -123,5 +123,5 @@ def test_key_in_password_reaches_only_airflows_own_debug_line(tmp_path: Path):
     lines = [line for line in text.splitlines() if KEY in line]
     assert lines, "Airflow no longer logs mask requests: drop the mitigation from the docs"
     assert all("Sending request" in line and "MaskSecret(value=" in line for line in lines)
-    assert len(lines) == 3
+    assert len(lines) <= 3  # the hook's own mask request would double this
     assert [value for value in _planted() if value in text] == []
