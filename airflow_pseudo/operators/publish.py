@@ -150,9 +150,9 @@ class PublishOperator(BaseOperator):
             sha = _sha256_of(target)
             if sha != published_sha:
                 raise AirflowFailException(
-                    f"{target} differs from what an earlier try published, and the work output "
-                    "it came from was deleted after publishing: restore it from that try's "
-                    "archived input by running it through a new run"
+                    f"{target} differs from what an earlier try published, and its work output "
+                    "was deleted after publishing: delete the damaged copy and put the archived "
+                    "input back into the incoming folder to publish it again"
                 )
             return "unchanged", target.stat().st_size, sha
         size = source.stat().st_size
