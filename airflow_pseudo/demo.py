@@ -98,7 +98,7 @@ def _original_names(staging: Path) -> dict[str, str]:
     The mapping lives in the staging folder (a PHI zone, like the incoming folder); the terminal
     of the person running the demo is one too, so showing the original names here is fine.
     """
-    from airflow_pseudo.pseudonymisation.incoming import CLAIMS_FILE
+    from airflow_pseudo.incoming import CLAIMS_FILE
 
     claims = staging / CLAIMS_FILE
     if not claims.exists():
@@ -126,7 +126,8 @@ def print_report(dag_run: Any, data_dir: Path) -> None:
     published = _xcom(dag_run, "publish") or {}
     staging = data_dir / "work" / "staging" / run_id
     destination = data_dir / "published" / run_id
-    originals = _original_names(staging)
+    # publish archives the mapping with the inputs; a failed run still has it in staging.
+    originals = _original_names(staging) or _original_names(data_dir / "archive" / run_id)
 
     console.print()
     console.print(f"[bold]Run[/] {run_id}: [bold]{dag_run.state}[/]")

@@ -34,6 +34,7 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "DICOM pseudonymisation",
                 "python-modules": [
+                    "airflow_pseudo.operators.ingest",
                     "airflow_pseudo.operators.pseudonymise",
                     "airflow_pseudo.operators.validate",
                     "airflow_pseudo.operators.publish",

@@ -5,18 +5,25 @@ wait (DirectorySensor) -> ingest (claim the settled files) -> pseudonymise -> va
 
 - **wait** waits, in reschedule mode, for settled files in ``params.incoming_dir``. If nothing
   settles before the sensor's timeout the run ends as *skipped*, so an empty folder never pages
-  anyone.
-- **ingest** moves the files into a staging folder of this run (one atomic rename per file), so
-  two overlapping runs never take the same file. They get neutral names (``000001.dcm``...) so
-  no file or folder name, which may carry PHI, reaches XCom, logs or manifests; the original
+  anyone; a folder that does not exist fails the run at once.
+- **ingest** (:class:`~airflow_pseudo.operators.ingest.IngestOperator`) checks the connection
+  and folders, then moves the files into this run's staging folder (one atomic rename per file),
+  so two overlapping runs never take the same file. They get neutral names (``000001.dcm``...)
+  so no file or folder name, which may carry PHI, reaches XCom, logs or manifests; the original
   relative paths are kept only in ``claims.jsonl`` in the staging folder. The sensor pushes
-  only a count for the same reason.
+  only a count for the same reason. Files left in the staging folder of a failed run are
+  adopted by the next run.
 - **pseudonymise** returns one result record per file (XCom); failed files are quarantined, and
-  the task fails if more than ``params.max_failed_files`` failed.
+  the task fails (without retrying: bad data stays bad) if more than ``params.max_failed_files``
+  failed.
 - **validate** re-checks every output against its original and fails on any residual identifier.
 - **publish** copies the validated outputs to ``params.publish_dir/<run_id>`` with a
-  ``manifest.jsonl``, emits an event on the ``dicom_pseudonymised`` Asset, and only then moves
-  the processed inputs to ``params.archive_dir/<run_id>``.
+  ``manifest.jsonl``, emits an event on the ``dicom_pseudonymised`` Asset, then moves the
+  processed inputs to ``params.archive_dir/<run_id>`` and deletes the work outputs (unless
+  ``params.keep_outputs``).
+
+After a failure, see ``docs/operations.md``: clearing ``ingest`` (with its downstream tasks) is
+always safe, and so is doing nothing (the next run adopts the files).
 
 The key comes from the ``pseudo_default`` connection (``AIRFLOW_CONN_PSEUDO_DEFAULT``). Folder
 defaults live under ``$AIRFLOW_PSEUDO_DATA_DIR`` (default ``$AIRFLOW_HOME/pseudo-data``); the
@@ -28,10 +35,10 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Asset, Param, TriggerRule
 
+from airflow_pseudo.operators.ingest import IngestOperator
 from airflow_pseudo.operators.pseudonymise import PseudonymiseOperator
 from airflow_pseudo.operators.publish import PublishOperator
 from airflow_pseudo.operators.validate import ValidateOperator
@@ -61,7 +68,9 @@ PARAMS = {
     "archive_dir": Param(f"{DATA_DIR}/archive", type="string", description="Processed inputs"),
     "pattern": Param("**/*", type="string", description="Glob of files to take"),
     "settle_seconds": Param(60, type="number", minimum=0, description="Unchanged for this long"),
-    "min_files": Param(1, type="integer", minimum=1),
+    "min_files": Param(
+        1, type="integer", minimum=0, description="0: do not wait (e.g. to adopt a failed run)"
+    ),
     "max_files": Param(1000, type="integer", minimum=1, description="Files taken per run"),
     "marker": Param(None, type=["null", "string"], description="e.g. _SUCCESS"),
     "max_failed_files": Param(0, type="integer", minimum=0, description="Failure policy"),
@@ -72,20 +81,10 @@ PARAMS = {
         description="basic, default, research, pymedphys or a profile file (empty: connection's)",
     ),
     "delete_inputs": Param(False, type="boolean", description="Delete instead of archive"),
+    "keep_outputs": Param(
+        False, type="boolean", description="Keep work outputs after publishing them"
+    ),
 }
-
-
-def _settled(params: dict[str, Any]) -> list[str]:
-    """The settled files the sensor counted, listed again with the same options and cap."""
-    from airflow_pseudo.pseudonymisation.incoming import find_settled_files
-
-    files = find_settled_files(
-        params["incoming_dir"],
-        params["pattern"],
-        settle_seconds=float(params["settle_seconds"]),
-        marker=params.get("marker") or None,
-    )
-    return files[: int(params["max_files"])]
 
 
 with DAG(
@@ -123,29 +122,24 @@ with DAG(
         retries=0,
     )
 
-    @task
-    def ingest(found: int, staging_dir: str, params: dict[str, Any] | None = None) -> list[str]:
-        """Claim the settled files into this run's staging folder, under neutral names.
-
-        The sensor pushes only a count, so the files are listed again here; the original names
-        (which may carry PHI) go only to ``claims.jsonl`` in the staging folder.
-        """
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from airflow_pseudo.pseudonymisation.incoming import claim_files_neutral
-
-        files = _settled(params or {})
-        claimed = claim_files_neutral(files, staging_dir, (params or {})["incoming_dir"])
-        if not claimed:
-            raise AirflowSkipException("Every file was claimed by another run")
-        print(f"Claimed {len(claimed)} of {len(files)} file(s) into {staging_dir}")
-        return claimed
-
-    claimed = ingest(wait.output, STAGING)
+    ingest = IngestOperator(
+        task_id="ingest",
+        incoming_dir="{{ params.incoming_dir }}",
+        staging_dir=STAGING,
+        pattern="{{ params.pattern }}",
+        settle_seconds="{{ params.settle_seconds }}",
+        min_files="{{ params.min_files }}",
+        max_files="{{ params.max_files }}",
+        marker="{{ params.marker }}",
+        # Also when wait was skipped (nothing new): files this run (cleared) or a failed run
+        # left in staging are still processed.
+        trigger_rule=TriggerRule.NONE_FAILED,
+    )
+    wait >> ingest
 
     pseudonymise = PseudonymiseOperator(
         task_id="pseudonymise",
-        files=claimed,
+        files=ingest.output,
         input_root=STAGING,
         output_dir=OUTPUT,
         quarantine_dir=QUARANTINE,
@@ -171,6 +165,7 @@ with DAG(
         input_root=STAGING,
         archive_dir="{{ params.archive_dir }}/{{ run_id }}",
         delete_inputs="{{ params.delete_inputs }}",
+        keep_outputs="{{ params.keep_outputs }}",
         outlets=[PUBLISHED],
     )
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Asset, Param, TriggerRule
 
+from airflow_pseudo.operators.ingest import IngestOperator
 from airflow_pseudo.operators.pseudonymise import PseudonymiseOperator
 from airflow_pseudo.operators.publish import PublishOperator
 from airflow_pseudo.operators.validate import ValidateOperator
@@ -47,27 +47,19 @@ PARAMS = {
     "archive_dir": Param(f"{DATA_DIR}/archive", type="string", description="Processed inputs"),
     "pattern": Param("**/*", type="string", description="Glob of files to take"),
     "settle_seconds": Param(60, type="number", minimum=0, description="Unchanged for this long"),
-    "min_files": Param(1, type="integer", minimum=1),
+    "min_files": Param(
+        1, type="integer", minimum=0, description="0: do not wait (e.g. to adopt a failed run)"
+    ),
     "max_files": Param(20000, type="integer", minimum=1, description="Files taken per run"),
     "marker": Param(None, type=["null", "string"], description="e.g. _SUCCESS"),
     "batch_size": Param(200, type="integer", minimum=1, description="Files per mapped task"),
     "max_failed_files": Param(0, type="integer", minimum=0, description="Per batch"),
     "workers": Param(1, type="integer", minimum=1, description="Processes per batch"),
     "delete_inputs": Param(False, type="boolean", description="Delete instead of archive"),
+    "keep_outputs": Param(
+        False, type="boolean", description="Keep work outputs after publishing them"
+    ),
 }
-
-
-def _settled(params: dict[str, Any]) -> list[str]:
-    """The settled files the sensor counted, listed again with the same options and cap."""
-    from airflow_pseudo.pseudonymisation.incoming import find_settled_files
-
-    files = find_settled_files(
-        params["incoming_dir"],
-        params["pattern"],
-        settle_seconds=float(params["settle_seconds"]),
-        marker=params.get("marker") or None,
-    )
-    return files[: int(params["max_files"])]
 
 
 with DAG(
@@ -105,37 +97,21 @@ with DAG(
         retries=0,
     )
 
-    @task
-    def ingest(
-        found: int | list[str],
-        incoming_dir: str,
-        staging_dir: str,
-        batch_size: int,
-        params: dict[str, Any] | None = None,
-    ) -> list[list[str]]:
-        """Claim the settled files under neutral names, then split them into batches.
-
-        The sensor pushes only a count (names may carry PHI), so the files are listed again here;
-        a list (as from a sensor with ``return_files=True``) is used as given.
-        """
-        import math
-
-        from airflow.sdk import conf
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from airflow_pseudo.pseudonymisation.incoming import claim_files_neutral
-
-        files = found if isinstance(found, list) else _settled(params or {})
-        claimed = claim_files_neutral(files, staging_dir, incoming_dir)
-        if not claimed:
-            raise AirflowSkipException("Every file was claimed by another run")
-        max_batches = conf.getint("core", "max_map_length", fallback=1024)
-        size = max(int(batch_size), math.ceil(len(claimed) / max_batches))
-        batches = [claimed[i : i + size] for i in range(0, len(claimed), size)]
-        print(f"Claimed {len(claimed)} file(s) into {len(batches)} batch(es) of <= {size}")
-        return batches
-
-    batches = ingest(wait.output, "{{ params.incoming_dir }}", STAGING, "{{ params.batch_size }}")
+    ingest = IngestOperator(
+        task_id="ingest",
+        incoming_dir="{{ params.incoming_dir }}",
+        staging_dir=STAGING,
+        pattern="{{ params.pattern }}",
+        settle_seconds="{{ params.settle_seconds }}",
+        min_files="{{ params.min_files }}",
+        max_files="{{ params.max_files }}",
+        marker="{{ params.marker }}",
+        batch_size="{{ params.batch_size }}",
+        # Also when wait was skipped (nothing new): files this run (cleared) or a failed run
+        # left in staging are still processed.
+        trigger_rule=TriggerRule.NONE_FAILED,
+    )
+    wait >> ingest
 
     pseudonymise = PseudonymiseOperator.partial(
         task_id="pseudonymise",
@@ -145,7 +121,7 @@ with DAG(
         workers="{{ params.workers }}",
         max_failed_files="{{ params.max_failed_files }}",
         max_active_tis_per_dagrun=8,
-    ).expand(files=batches)
+    ).expand(files=ingest.output)
 
     validate = ValidateOperator.partial(
         task_id="validate",
@@ -163,6 +139,7 @@ with DAG(
         input_root=STAGING,
         archive_dir="{{ params.archive_dir }}/{{ run_id }}",
         delete_inputs="{{ params.delete_inputs }}",
+        keep_outputs="{{ params.keep_outputs }}",
         outlets=[PUBLISHED],
     )
 

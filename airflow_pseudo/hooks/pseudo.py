@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
-from airflow.sdk.log import mask_secret
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -22,6 +22,27 @@ def _blank_to_none(value: Any) -> Any:
     if isinstance(value, str) and not value.strip():
         return None
     return value
+
+
+def mask_key_text(text: str) -> None:
+    """
+    Register key text with the secrets masker of this process and of the task's supervisor.
+
+    Airflow's :func:`~airflow.sdk.log.mask_secret` tells the supervisor by sending it the value,
+    and the in-process supervisor of ``dag.test()`` logs every message it is sent at DEBUG
+    level, the value included. The supervisor of a real task omits the body of that message; the
+    in-process one shares this process's masker, so it needs no message at all.
+    """
+    from airflow.sdk._shared.secrets_masker import _secrets_masker
+    from airflow.sdk.execution_time import supervisor, task_runner
+
+    _secrets_masker().add_mask(text)
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is None or isinstance(comms, supervisor.InProcessSupervisorComms):
+        return
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(text)
 
 
 class PseudoHook(BaseHook):
@@ -63,11 +84,16 @@ class PseudoHook(BaseHook):
     def get_key(self) -> PseudonymKey:
         """Return the key from the connection's password, else from ``$AIRFLOW_PSEUDO_KEY``."""
         from airflow_pseudo.pseudonymisation import PseudonymKey, load_key
+        from airflow_pseudo.pseudonymisation.keys import KEY_ENV_VAR
 
+        environ_key = os.environ.get(KEY_ENV_VAR)
         password = _blank_to_none(self.connection.password)
         if password is None:
+            if environ_key and environ_key.strip():
+                mask_key_text(environ_key.strip())
             return load_key()
-        mask_secret(password)
+        # Airflow masked the password when it fetched the connection: masking it again would
+        # only send it to the supervisor a second time.
         return PseudonymKey.from_text(password)
 
     def get_extras(self) -> dict[str, Any]:

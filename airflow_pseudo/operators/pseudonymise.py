@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -115,7 +116,8 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
     Every file is processed: a file that cannot be pseudonymised is recorded as ``failed`` with its
     reason and a copy is put in ``quarantine_dir``; files that are not DICOM are ``skipped``.
     Then the failure policy applies: if more than ``max_failed_files`` files failed, the task fails
-    (a normal failure, so ``retries`` apply) after pushing the records to XCom.
+    after pushing the records to XCom; bad data fails without retrying, and only failures caused
+    by I/O errors leave ``retries`` to apply.
 
     The return value (XCom ``return_value``) is the list of the core's ``FileResult.to_dict()``
     records: source and output paths, status, reason, quarantine path and change counts. It never
@@ -293,10 +295,14 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
                 )
         if counts["failed"] > max_failed:
             push_before_failing(context, records)
-            raise AirflowException(
+            message = (
                 f"{counts['failed']} of {len(records)} file(s) failed, more than "
                 f"max_failed_files={max_failed}; see quarantine {quarantine_dir}"
             )
+            if any(is_transient_failure(r) for r in records):
+                raise AirflowException(message + " (I/O errors: retrying may help)")
+            # Bad data fails the same way every time: no retry.
+            raise AirflowFailException(message)
         return records
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
@@ -305,6 +311,28 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
 
         inputs, outputs = getattr(self, "_lineage_folders", ([], []))
         return folder_lineage(inputs, outputs)
+
+
+#: OS errors a retry may cure: the storage, not the data, was at fault.
+TRANSIENT_ERRNOS = (
+    errno.EIO,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EAGAIN,
+    errno.EBUSY,
+    errno.ESTALE,
+    errno.ETIMEDOUT,
+    errno.ENFILE,
+    errno.EMFILE,
+    errno.ENOMEM,
+)
+_TRANSIENT_MESSAGES = tuple(os.strerror(code) for code in TRANSIENT_ERRNOS)
+
+
+def is_transient_failure(record: Mapping[str, Any]) -> bool:
+    """Whether a failed record's reason names a transient OS error (the core quotes strerror)."""
+    reason = str(record.get("reason") or "")
+    return record.get("status") == "failed" and any(m in reason for m in _TRANSIENT_MESSAGES)
 
 
 def count_statuses(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:

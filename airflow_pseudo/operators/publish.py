@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +42,11 @@ def _to_storage_path(value: str | os.PathLike[str] | ObjectStoragePath) -> Objec
     return ObjectStoragePath(text)
 
 
+def _as_bool(value: bool | str) -> bool:
+    """Read a flag that may arrive as a rendered template string."""
+    return str(value).strip().lower() in {"true", "1", "yes"}
+
+
 class PublishOperator(BaseOperator):
     """
     Copy validated outputs to a destination, write a manifest, emit an Asset event, archive inputs.
@@ -67,7 +73,14 @@ class PublishOperator(BaseOperator):
     left alone (``unchanged``), so a retry does not copy twice. Only once everything is published
     are the processed inputs (the ``source`` of each record) moved to ``archive_dir``, keeping their
     paths relative to ``input_root``, or deleted when ``delete_inputs`` is set; without either they
-    stay where they are. A failed input is archived too: its copy is in quarantine.
+    stay where they are. A failed input is archived too: its copy is in quarantine. The staging
+    folder's ``claims.jsonl`` (original names) goes with the archived inputs (mode 0600), or is
+    deleted with them, and the emptied staging folder is removed. Inputs left in it (not
+    published) stay adoptable by a later run; with neither ``archive_dir`` nor ``delete_inputs``
+    the folder is marked as done, so its published inputs are never adopted.
+
+    Work outputs are not kept twice: once published, each output is deleted from ``output_root``
+    (and emptied folders with it) unless ``keep_outputs`` is set.
 
     :param results: The validate task's records. (templated)
     :param destination: Where to publish: URI, path or ``ObjectStoragePath``. (templated)
@@ -86,6 +99,8 @@ class PublishOperator(BaseOperator):
         names its key id (a fingerprint, never the key). ``None`` leaves the key id out.
     :param report_notes: Sentences about the run for the top of the report, e.g. how many
         files were left for the next run. (templated)
+    :param keep_outputs: Keep the work outputs after publishing them. Defaults to ``False``:
+        they are deleted. (templated; the strings ``"true"``/``"false"`` are accepted)
     """
 
     template_fields: Sequence[str] = (
@@ -98,6 +113,7 @@ class PublishOperator(BaseOperator):
         "manifest_name",
         "delete_inputs",
         "report_notes",
+        "keep_outputs",
     )
     ui_color = "#e8daef"
     operator_extra_links = (ReportLink(),)
@@ -116,6 +132,7 @@ class PublishOperator(BaseOperator):
         conn_id: str | None = None,
         pseudo_conn_id: str | None = "pseudo_default",
         report_notes: Sequence[str] | str | None = None,
+        keep_outputs: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -130,14 +147,31 @@ class PublishOperator(BaseOperator):
         self.conn_id = conn_id
         self.pseudo_conn_id = pseudo_conn_id
         self.report_notes = report_notes
+        self.keep_outputs = keep_outputs
 
     def _destination(self) -> ObjectStoragePath:
         if self.conn_id and not isinstance(self.destination, ObjectStoragePath):
             return ObjectStoragePath(str(self.destination), conn_id=self.conn_id)
         return _to_storage_path(self.destination)
 
-    def _publish_one(self, source: Path, target: ObjectStoragePath) -> tuple[str, int, str]:
-        """Copy one file unless an identical copy exists; return (status, size, sha256)."""
+    def _publish_one(
+        self, source: Path, target: ObjectStoragePath, published_sha: str | None = None
+    ) -> tuple[str, int, str]:
+        """
+        Copy one file unless an identical copy exists; return (status, size, sha256).
+
+        :param published_sha: The SHA-256 an earlier try's manifest recorded for this target.
+        """
+        if not source.exists() and published_sha is not None and target.exists():
+            # Published by an earlier try, whose work output was then deleted (retention).
+            sha = _sha256_of(target)
+            if sha != published_sha:
+                raise AirflowFailException(
+                    f"{target} differs from what an earlier try published, and its work output "
+                    "was deleted after publishing: delete the damaged copy and put the archived "
+                    "input back into the incoming folder to publish it again"
+                )
+            return "unchanged", target.stat().st_size, sha
         size = source.stat().st_size
         sha = _sha256_of(source)
         if target.exists() and target.stat().st_size == size and _sha256_of(target) == sha:
@@ -157,6 +191,7 @@ class PublishOperator(BaseOperator):
         validation_by_source = {r["source"]: r for r in validations}
 
         destination = self._destination()
+        earlier = self._published_digests(destination / self.manifest_name)
         outputs = [r["output"] for r in validations if r.get("status") == "ok" and r.get("output")]
         output_root = self.output_root or (
             os.path.commonpath([os.path.dirname(o) for o in outputs]) if outputs else None
@@ -189,7 +224,7 @@ class PublishOperator(BaseOperator):
                 relative = output.relative_to(output_root).as_posix()
                 target = destination / relative
                 try:
-                    status, size, sha = self._publish_one(output, target)
+                    status, size, sha = self._publish_one(output, target, earlier.get(source))
                 except FileNotFoundError as exc:
                     raise AirflowFailException(f"Validated output is missing: {output}") from exc
                 entry.update(published=str(target), status=status, size=size, sha256=sha)
@@ -244,6 +279,8 @@ class PublishOperator(BaseOperator):
 
         self._lineage_folders = ([output_root], [destination, self.archive_dir])
         archived = self._archive_inputs(list(by_source), manifest)
+        if not _as_bool(self.keep_outputs):
+            self._delete_outputs(manifest, validation_by_source, output_root)
         return {**extra, "archived": archived, "run_id": summary["run_id"]}
 
     def _write_report(
@@ -317,16 +354,57 @@ class PublishOperator(BaseOperator):
         inputs, outputs = getattr(self, "_lineage_folders", ([], []))
         return folder_lineage(inputs, outputs)
 
+    @staticmethod
+    def _published_digests(manifest_path: ObjectStoragePath) -> dict[str, str]:
+        """Return source -> SHA-256 from the manifest an earlier try wrote, if any."""
+        if not manifest_path.exists():
+            return {}
+        digests: dict[str, str] = {}
+        with manifest_path.open("r") as handle:
+            for line in handle:
+                entry = json.loads(line) if line.strip() else {}
+                if entry.get("record") == "file" and entry.get("sha256"):
+                    digests[entry["source"]] = entry["sha256"]
+        return digests
+
+    def _delete_outputs(
+        self,
+        manifest: list[dict[str, Any]],
+        validation_by_source: dict[str, dict[str, Any]],
+        output_root: str | None,
+    ) -> None:
+        """Delete the published work outputs, and the folders they leave empty."""
+        done = {"published", "unchanged"}
+        outputs = [
+            Path(validation_by_source[e["source"]]["output"])
+            for e in manifest
+            if e["status"] in done and e["source"] in validation_by_source
+        ]
+        for output in outputs:
+            output.unlink(missing_ok=True)
+        if output_root is None:
+            return
+        root = Path(output_root)
+        folders = {parent for o in outputs for parent in o.parents if parent.is_relative_to(root)}
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty: something else lives there
+                folder.rmdir()
+        self.log.info("Deleted %d published work output(s) from %s", len(outputs), root)
+
     def _archive_inputs(self, sources: list[str], manifest: list[dict[str, Any]]) -> int:
         """Move (or delete) processed inputs; return how many were handled."""
-        delete = str(self.delete_inputs).strip().lower() in {"true", "1", "yes"}
+        from airflow_pseudo.incoming import RUN_FILE
+
+        delete = _as_bool(self.delete_inputs)
+        root = Path(self.input_root or os.path.commonpath([os.path.dirname(s) for s in sources]))
         if not self.archive_dir and not delete:
+            # The published inputs stay in place: a later run must never adopt them.
+            (root / RUN_FILE).unlink(missing_ok=True)
             return 0
         handled = {"published", "unchanged", "quarantined", "skipped"}
         done = [e["source"] for e in manifest if e["status"] in handled]
         if not done:
             return 0
-        root = Path(self.input_root or os.path.commonpath([os.path.dirname(s) for s in sources]))
         count = 0
         for source in map(Path, done):
             if delete:
@@ -341,12 +419,7 @@ class PublishOperator(BaseOperator):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
             count += 1
-        from airflow_pseudo.pseudonymisation.incoming import CLAIMS_FILE
-
-        claims = root / CLAIMS_FILE
-        if self.archive_dir and not delete and claims.is_file():
-            # Keep ingest's record of the original names with the inputs it names.
-            shutil.copyfile(claims, Path(self.archive_dir) / CLAIMS_FILE)
+        self._close_staging(root, delete)
         self.log.info(
             "%s %d processed input(s)%s",
             "Deleted" if delete else "Archived",
@@ -354,3 +427,24 @@ class PublishOperator(BaseOperator):
             "" if delete else f" to {self.archive_dir}",
         )
         return count
+
+    def _close_staging(self, root: Path, delete: bool) -> None:
+        """Move (or delete) ingest's record of original names, then the emptied staging folder."""
+        from airflow_pseudo.incoming import CLAIMS_FILE, RUN_FILE, staged_files
+
+        claims = root / CLAIMS_FILE
+        if claims.is_file() and not delete:
+            assert self.archive_dir is not None
+            # Keep the record of the original names with the inputs it names, owner-only.
+            target = Path(self.archive_dir) / CLAIMS_FILE
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(fd, 0o600)
+                handle.write(claims.read_bytes())
+        if not staged_files(root):
+            claims.unlink(missing_ok=True)
+            (root / RUN_FILE).unlink(missing_ok=True)
+        # Inputs not published (e.g. failed without a quarantine copy) stay, with the run file,
+        # so that a later run adopts them.
+        with contextlib.suppress(OSError):
+            root.rmdir()

@@ -45,8 +45,19 @@ class PseudonymKey:
 
     @classmethod
     def from_text(cls, text: str) -> PseudonymKey:
-        """Build a key from text as stored in a file, an environment variable or a connection."""
-        return cls(text.strip().encode("utf-8"))
+        """Build a key from text as stored in a file, an environment variable or a connection.
+
+        :raises MissingKeyError: if the text is not valid UTF-8 (e.g. an environment variable
+            holding raw bytes); the message never quotes the key.
+        """
+        try:
+            secret = text.strip().encode("utf-8")
+        except UnicodeEncodeError:
+            # Python's codec error would quote the offending character: a byte of the key.
+            raise MissingKeyError(
+                "the project key is not valid UTF-8 text: " + HOW_TO_PROVIDE
+            ) from None
+        return cls(secret)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> PseudonymKey:

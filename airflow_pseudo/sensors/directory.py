@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_pseudo.triggers.directory import DirectoryTrigger
 
@@ -29,6 +29,10 @@ class DirectorySensor(BaseSensorOperator):
     ``return_files=True`` it is the sorted list of their absolute paths instead, ready to feed a
     :class:`~airflow_pseudo.operators.pseudonymise.PseudonymiseOperator` or a mapped task.
 
+    A folder that does not exist or cannot be listed is a configuration error, not an empty
+    folder: the task fails at once with a message naming it (even with ``soft_fail``), rather
+    than polling until ``timeout``.
+
     ``poke`` has no side effects, so the sensor works in ``poke`` and ``reschedule`` mode, and with
     ``deferrable=True`` it waits on the triggerer with a
     :class:`~airflow_pseudo.triggers.directory.DirectoryTrigger`. Use ``soft_fail=True`` to end as
@@ -38,7 +42,8 @@ class DirectorySensor(BaseSensorOperator):
     :param pattern: Glob pattern relative to ``folder``. Defaults to ``**/*``. (templated)
     :param settle_seconds: Minimum age of a file's modification time, in seconds.
         Defaults to ``60``. (templated)
-    :param min_files: Minimum number of settled files. Defaults to ``1``. (templated)
+    :param min_files: Minimum number of settled files. Defaults to ``1``; ``0`` does not wait
+        (e.g. for a run that only adopts the files of a failed run). (templated)
     :param marker: Name of a file that must exist in ``folder`` first. Defaults to ``None``.
         (templated)
     :param max_files: Return at most this many files (the oldest names first, sorted); the rest
@@ -98,15 +103,29 @@ class DirectorySensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         """Return whether enough settled files exist, with their count (or paths) as XCom."""
-        from airflow_pseudo.pseudonymisation.incoming import find_settled_files
+        from airflow_pseudo.incoming import find_settled_files
 
         args = self._listing_args()
         files = find_settled_files(args.pop("folder"), args.pop("pattern"), **args)
         self.log.info("%d settled file(s) in %s", len(files), self.folder)
-        return PokeReturnValue(is_done=bool(files), xcom_value=self._cap(files))
+        done = bool(files) or int(self.min_files) == 0  # 0: do not wait
+        return PokeReturnValue(is_done=done, xcom_value=self._cap(files))
+
+    def check_folder(self) -> None:
+        """Fail without retrying if the folder is missing or cannot be listed."""
+        from airflow_pseudo.incoming import check_folder
+
+        try:
+            check_folder(self.folder)
+        except OSError as exc:
+            raise AirflowFailException(
+                f"{exc.strerror}: {exc.filename}; create it or correct the folder to watch"
+            ) from None
 
     def execute(self, context: Context) -> Any:
-        """Poke, or check once and then defer to the triggerer when ``deferrable``."""
+        """Check the folder, then poke, or check once and defer to the triggerer."""
+        # Outside poke(): BaseSensorOperator turns a failure in poke into a skip with soft_fail.
+        self.check_folder()
         if not self.deferrable:
             return super().execute(context)
         first = self.poke(context)

@@ -14,7 +14,7 @@ class DirectoryTrigger(BaseTrigger):
     Fire once a folder holds settled files matching a glob pattern.
 
     Each check lists the folder with
-    :func:`~airflow_pseudo.pseudonymisation.incoming.find_settled_files` in a worker thread, so a
+    :func:`~airflow_pseudo.incoming.find_settled_files` in a worker thread, so a
     slow (e.g. network) file system never blocks the triggerer's event loop; the listing module is
     imported in that thread too, as importing it loads pydicom. This module imports only the
     standard library and Airflow's trigger base. The trigger yields one event and stops:
@@ -69,7 +69,7 @@ class DirectoryTrigger(BaseTrigger):
 
     def _list_settled(self) -> list[str]:
         """List the settled files; runs in a worker thread, where importing pydicom is harmless."""
-        from airflow_pseudo.pseudonymisation.incoming import find_settled_files
+        from airflow_pseudo.incoming import find_settled_files
 
         return find_settled_files(
             self.folder,

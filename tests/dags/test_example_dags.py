@@ -159,7 +159,8 @@ class TestDicomPseudonymise:
         pseudo = _xcom(dr, "pseudonymise")
         valid = _xcom(dr, "validate")
         staging = tmp_path / "work" / "staging" / dr.run_id
-        claims = _claims(staging)
+        claims = _claims(tmp_path / "archive" / dr.run_id)  # moved there with the inputs
+        assert not staging.exists()  # nothing left behind for a later run to adopt
         assert sorted(claims.values()) == sorted(
             p.relative_to(tmp_path / "incoming").as_posix() for p in inputs
         )
@@ -205,8 +206,7 @@ class TestDicomPseudonymise:
         assert dr.state == "success", _states(dr)
         pseudo = _xcom(dr, "pseudonymise")
         (bad,) = [r for r in pseudo if r["status"] == "failed"]
-        staging = tmp_path / "work" / "staging" / dr.run_id
-        assert _claims(staging)[Path(bad["source"]).name] == "broken.dcm"
+        assert _claims(tmp_path / "archive" / dr.run_id)[Path(bad["source"]).name] == "broken.dcm"
         assert bad["reason"]
         assert Path(bad["quarantine"]).is_file()
         assert Path(bad["quarantine"]).is_relative_to(tmp_path / "work" / "quarantine")
@@ -224,11 +224,14 @@ class TestDicomPseudonymise:
         good = write_corpus(tmp_path / "incoming", patients=1, instances_per_series=2)
         _bad_file(tmp_path / "incoming" / "broken.dcm")
         _age(tmp_path / "incoming")
-        dr = _run("dicom_pseudonymise", conf, pseudonymise={"retries": 0})
+        dr = _run("dicom_pseudonymise", conf)  # retries=2 from default_args
 
         states = _states(dr)
         assert dr.state == "failed"
         assert states["pseudonymise"] == "failed"
+        # Bad data is not retried: one try, although the task allows retries.
+        (ti,) = [ti for ti in dr.get_task_instances() if ti.task_id == "pseudonymise"]
+        assert ti.try_number == 1 and ti.max_tries == 2
         assert states["publish"] == "upstream_failed"
         records = _xcom(dr, "pseudonymise")
         assert [r["status"] for r in records].count("ok") == len(good)
@@ -261,7 +264,7 @@ class TestDicomPseudonymise:
         assert first.run_id != second.run_id
         sources = [r["source"] for r in _xcom(second, "pseudonymise")]
         assert sources
-        claims = _claims(tmp_path / "work" / "staging" / second.run_id)
+        claims = _claims(tmp_path / "archive" / second.run_id)
         assert all(claims[Path(s).name].startswith("batch2/") for s in sources)
 
 
@@ -295,20 +298,12 @@ class TestDicomPseudonymiseMapped:
         assert not list((tmp_path / "incoming").rglob("*.dcm"))
 
 
-def test_mapped_batches_stay_under_max_map_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """ingest enlarges the batches when batch_size would exceed [core] max_map_length."""
-    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "3")
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
-    files = []
-    for i in range(10):
-        (incoming / f"{i}.dcm").write_bytes(b"DICM")
-        files.append(str(incoming / f"{i}.dcm"))
-    dag = _dagbag().dags["dicom_pseudonymise_mapped"]
-    ingest = dag.task_dict["ingest"].python_callable  # type: ignore[attr-defined]
-    batches = ingest(files, str(incoming), str(tmp_path / "staging"), 2)
+def test_mapped_batches_stay_under_max_map_length():
+    """Batches are enlarged when batch_size would exceed [core] max_map_length."""
+    from airflow_pseudo.operators.ingest import split_batches
+
+    files = [f"{i:06d}.dcm" for i in range(10)]
+    batches = split_batches(files, 2, 3)
     assert len(batches) == 3
-    claims = _claims(tmp_path / "staging")
-    assert sorted(claims[Path(p).name] for b in batches for p in b) == sorted(
-        Path(f).name for f in files
-    )
+    assert [f for b in batches for f in b] == files
+    assert split_batches(files, 4, 1024) == [files[:4], files[4:8], files[8:]]

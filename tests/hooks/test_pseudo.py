@@ -180,3 +180,48 @@ class TestTestConnectionChecks:
         assert ok, message
         assert "key of at least 16 bytes" in message
         assert "profile pymedphys loads" in message
+
+
+class TestKeyErrors:
+    """A key that is not valid UTF-8 is refused with a message that quotes none of its bytes."""
+
+    RAW = b"abc\xff\xfe-secret-part-0123456789"
+
+    def _assert_no_key_bytes(self, message: str) -> None:
+        text = self.RAW.decode("utf-8", "surrogateescape")
+        assert "not valid UTF-8" in message
+        for fragment in ("\\xff", "\\udcff", "\udcff", "secret-part", text[:3] + text[3]):
+            assert fragment not in message
+
+    def test_environment_key_not_utf8(self, monkeypatch: pytest.MonkeyPatch):
+        monkeypatch.setenv(CONN_VAR, _conn(None))
+        monkeypatch.setenv("AIRFLOW_PSEUDO_KEY", self.RAW.decode("utf-8", "surrogateescape"))
+        with pytest.raises(MissingKeyError) as exc:
+            PseudoHook().get_settings()
+        self._assert_no_key_bytes(str(exc.value))
+        assert exc.value.__cause__ is None and exc.value.__suppress_context__
+
+    def test_connection_password_not_utf8(self):
+        """E.g. from a secrets backend that decodes with surrogateescape."""
+        from airflow.sdk import Connection
+
+        hook = PseudoHook()
+        hook.connection = Connection(
+            conn_id="pseudo_default",
+            conn_type="pseudo",
+            password=self.RAW.decode("utf-8", "surrogateescape"),
+        )
+        ok, message = hook.test_connection()
+        assert not ok
+        self._assert_no_key_bytes(message)
+
+
+def test_environment_key_is_masked(monkeypatch: pytest.MonkeyPatch):
+    """A key read from $AIRFLOW_PSEUDO_KEY is registered with the secrets masker too."""
+    from airflow.sdk._shared.secrets_masker import _secrets_masker
+
+    secret = "a distinct environment key, 0123456789"
+    monkeypatch.setenv(CONN_VAR, _conn(None))
+    monkeypatch.setenv("AIRFLOW_PSEUDO_KEY", secret)
+    PseudoHook().get_key()
+    assert _secrets_masker().redact(f"key={secret}") == "key=***"

@@ -665,7 +665,8 @@ def _claims(staging: Path) -> dict[str, str]:
 def test_xcom_records_complete(distributed_run: DistributedRun) -> None:
     staging = distributed_run.cluster.data_dir / "work" / "staging" / distributed_run.run_id
     expected = {p.relative_to(distributed_run.originals).as_posix() for p in distributed_run.files}
-    claims = _claims(staging)
+    # publish archived ingest's mapping with the inputs and removed the emptied staging folder.
+    claims = _claims(distributed_run.cluster.data_dir / "archive" / distributed_run.run_id)
     for task_id in ("pseudonymise", "validate"):
         records = distributed_run.records(task_id)
         sources = [claims[Path(r["source"]).relative_to(staging).as_posix()] for r in records]
@@ -687,11 +688,12 @@ def test_published_files_validate(distributed_run: DistributedRun) -> None:
     assert summary["published"] == len(distributed_run.files) == len(entries), summary
 
     settings = Settings(key=PseudonymKey(cluster.key))
+    archived = cluster.data_dir / "archive" / distributed_run.run_id
     published = set()
     for entry in entries:
         assert entry["status"] == "published", entry
         claimed = Path(entry["source"]).relative_to(staging).as_posix()
-        original = distributed_run.originals / _claims(staging)[claimed]
+        original = distributed_run.originals / _claims(archived)[claimed]
         output = Path(entry["published"].removeprefix("file://"))
         assert output.is_relative_to(destination)
         problems = validate_file(original, output, settings=settings)
@@ -701,9 +703,9 @@ def test_published_files_validate(distributed_run: DistributedRun) -> None:
     # The inputs left the incoming folder and were archived.
     assert not [p for p in (cluster.data_dir / "incoming").rglob("*") if p.is_file()]
     # The inputs were archived under their neutral names, with ingest's mapping beside them.
-    archived = cluster.data_dir / "archive" / distributed_run.run_id
     assert len(list(archived.rglob("*.dcm"))) == len(distributed_run.files)
     assert (archived / "claims.jsonl").is_file()
+    assert not staging.exists()  # nothing left for a later run to adopt
 
 
 def test_process_pool_inside_celery_tasks(distributed_run: DistributedRun) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_pseudo.operators.pseudonymise import PseudonymiseOperator, flatten_paths
 from airflow_pseudo.testing import write_corpus
@@ -102,7 +102,7 @@ class TestExecute:
 @pytest.mark.usefixtures("pseudo_conn")
 class TestFailurePolicy:
     def test_default_fails_after_processing_every_file(self, tmp_path: Path, corpus: list[Path]):
-        """max_failed_files=0: all files are processed, then the task fails (retryable)."""
+        """max_failed_files=0: all files are processed, then the task fails, without retrying."""
         bad = _bad_file(tmp_path / "in" / "bad.dcm")
         ti = RecordingTI()
         op = _op(
@@ -110,9 +110,8 @@ class TestFailurePolicy:
             output_dir=str(tmp_path / "out"),
             quarantine_dir=str(tmp_path / "q"),
         )
-        with pytest.raises(AirflowException, match="1 of 5 file") as exc:
+        with pytest.raises(AirflowFailException, match="1 of 5 file"):
             op.execute({"ti": ti})  # type: ignore[arg-type,typeddict-item]
-        assert not isinstance(exc.value, AirflowFailException)  # retries apply
         records = ti.pushed["return_value"]
         assert len(records) == 5
         (failed,) = [r for r in records if r["status"] == "failed"]
@@ -238,3 +237,17 @@ def test_process_pool_inside_a_daemonic_process(tmp_path: Path, corpus: list[Pat
     outcome = queue.get(timeout=120)
     process.join(timeout=30)
     assert outcome == ("ok", ["ok"] * len(corpus))
+
+
+def test_io_failures_are_transient_and_bad_data_is_not():
+    """Only per-file failures caused by I/O errors leave the task's retries to apply."""
+    from airflow_pseudo.operators.pseudonymise import is_transient_failure
+
+    def failed(reason: str) -> dict[str, str]:
+        return {"status": "failed", "reason": reason}
+
+    assert is_transient_failure(failed("cannot read or write the file (Input/output error)"))
+    assert is_transient_failure(failed("cannot write the output (No space left on device)"))
+    assert not is_transient_failure(failed("truncated DICOM (unexpected end of file)"))
+    assert not is_transient_failure(failed("cannot read or write the file (Permission denied)"))
+    assert not is_transient_failure({"status": "ok", "reason": "Input/output error"})

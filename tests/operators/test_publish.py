@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,13 @@ def test_publishes_files_and_manifest(tmp_path: Path, run: dict[str, Any]):
         {"outlet_events": outlet_events, "run_id": "r1"}  # type: ignore[typeddict-item]
     )
     published = tmp_path / "published"
+    lines = _manifest(published / "manifest.jsonl")
     ok_outputs = [Path(r["output"]) for r in run["valid"] if r["status"] == "ok"]
+    digests = {e["published"]: e["sha256"] for e in lines[:-1] if e["sha256"]}
     for output in ok_outputs:
         copy = published / output.relative_to(tmp_path / "out")
-        assert copy.read_bytes() == output.read_bytes()
+        assert hashlib.sha256(copy.read_bytes()).hexdigest() == digests[f"file://{copy}"]
 
-    lines = _manifest(published / "manifest.jsonl")
     files, summary = lines[:-1], lines[-1]
     assert len(files) == 5
     assert summary["record"] == "summary"
@@ -96,6 +98,37 @@ def test_publishes_files_and_manifest(tmp_path: Path, run: dict[str, Any]):
     assert outlet_events[ASSET].extra["quarantined"] == 1
 
 
+def test_work_outputs_deleted_after_publishing_by_default(tmp_path: Path, run: dict[str, Any]):
+    """Published outputs are not stored twice: the work copies and their folders go."""
+    outputs = [Path(r["output"]) for r in run["valid"] if r["status"] == "ok"]
+    assert all(o.is_file() for o in outputs)
+    _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    assert not any(o.exists() for o in outputs)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(list((tmp_path / "published").rglob("*.dcm"))) == len(outputs)
+
+
+@pytest.mark.parametrize("flag", [True, "true"])
+def test_keep_outputs_keeps_work_outputs(tmp_path: Path, run: dict[str, Any], flag: Any):
+    """keep_outputs (also as a rendered template string) keeps the work copies."""
+    outputs = [Path(r["output"]) for r in run["valid"] if r["status"] == "ok"]
+    _publish(tmp_path, run, keep_outputs=flag).execute({})  # type: ignore[arg-type]
+    assert all(o.is_file() for o in outputs)
+
+
+def test_retry_after_outputs_deleted_checks_published_copies(tmp_path: Path, run: dict[str, Any]):
+    """A retry after retention finds the copies unchanged; a damaged one fails, never silently."""
+    _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    again = _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    assert again["unchanged"] == 4
+    entry = next(e for e in _manifest(tmp_path / "published" / "manifest.jsonl") if e.get("sha256"))
+    Path(entry["published"].removeprefix("file://")).write_bytes(b"damaged")
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="differs from what an earlier try published"):
+        _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+
+
 def test_retry_is_idempotent(tmp_path: Path, run: dict[str, Any]):
     """Publishing again copies nothing: identical files are reported unchanged."""
     _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
@@ -106,12 +139,12 @@ def test_retry_is_idempotent(tmp_path: Path, run: dict[str, Any]):
 
 def test_changed_destination_file_is_replaced(tmp_path: Path, run: dict[str, Any]):
     """A destination file with other content (e.g. a partial copy) is overwritten."""
-    _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    _publish(tmp_path, run, keep_outputs=True).execute({})  # type: ignore[arg-type]
     entry = next(e for e in _manifest(tmp_path / "published" / "manifest.jsonl") if e.get("sha256"))
     target = ObjectStoragePath(entry["published"])
     with target.open("wb") as handle:
         handle.write(b"partial")
-    result = _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    result = _publish(tmp_path, run, keep_outputs=True).execute({})  # type: ignore[arg-type]
     assert result["published"] == 1
     assert target.stat().st_size == entry["size"]
 

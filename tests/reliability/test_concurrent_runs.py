@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from airflow_pseudo.pseudonymisation.incoming import (
+from airflow_pseudo.incoming import (
     CLAIMS_FILE,
     claim_files_neutral,
     find_settled_files,

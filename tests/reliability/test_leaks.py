@@ -251,8 +251,8 @@ def test_dag_run_leaks_nothing_to_logs_xcom_or_published(
     published = tmp_path / "published" / dr.run_id
     assert len(list(published.rglob("*.dcm"))) == count
     assert scan_tree(rel, published, planted + secrets) == {}
-    # The original names live only in the staging area's mapping (a PHI zone).
-    claims = tmp_path / "work" / "staging" / dr.run_id / "claims.jsonl"
+    # The original names live only in ingest's mapping (a PHI zone), archived with the inputs.
+    claims = tmp_path / "archive" / dr.run_id / "claims.jsonl"
     assert len(claims.read_text().splitlines()) == count
     assert rel.scan_bytes(claims.read_bytes(), planted)  # the scanner sees names when present
 

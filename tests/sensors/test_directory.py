@@ -247,3 +247,31 @@ def test_all_three_modes_under_dag_test(tmp_path: Path):
         ti = dr.get_task_instance(f"wait_{name}")
         assert ti.state == "success", name
         assert ti.xcom_pull(task_ids=f"wait_{name}") == 2  # the default: a count, no names
+
+
+class TestMissingFolder:
+    @pytest.mark.parametrize("deferrable", [False, True])
+    def test_fails_at_once_even_with_soft_fail(self, tmp_path: Path, deferrable: bool):
+        """A missing folder is a configuration error: it fails the task (no retry, no skip)
+        at the first check instead of polling until the timeout."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        sensor = _sensor(
+            tmp_path / "not-created", soft_fail=True, timeout=3600, deferrable=deferrable
+        )
+        with pytest.raises(AirflowFailException, match=r"does not exist.*not-created"):
+            sensor.execute({"ti": _FirstTry()})  # type: ignore[arg-type]
+
+    def test_a_file_is_not_a_folder(self, tmp_path: Path):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        (tmp_path / "plain").write_bytes(b"x")
+        with pytest.raises(AirflowFailException, match="not a directory"):
+            _sensor(tmp_path / "plain").execute({"ti": _FirstTry()})  # type: ignore[arg-type]
+
+
+def test_min_files_zero_does_not_wait(tmp_path: Path):
+    """min_files=0 is done at the first poke, even on an empty folder (a run that only adopts)."""
+    result = _sensor(tmp_path, min_files=0).poke({})  # type: ignore[arg-type]
+    assert result.is_done
+    assert result.xcom_value == 0

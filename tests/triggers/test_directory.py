@@ -146,9 +146,7 @@ class TestDirectoryTrigger:
             tick_task.cancel()
             return event, ticks
 
-        with mock.patch(
-            "airflow_pseudo.pseudonymisation.incoming.find_settled_files", slow_listing
-        ):
+        with mock.patch("airflow_pseudo.incoming.find_settled_files", slow_listing):
             event, ticks = asyncio.run(main())
         assert event.payload["files"] == ["/in/a.dcm"]
         assert listing_threads
@@ -158,7 +156,7 @@ class TestDirectoryTrigger:
     def test_listing_error_yields_error_event(self, tmp_path: Path):
         """An exception while listing becomes an error event instead of killing the triggerer."""
         with mock.patch(
-            "airflow_pseudo.pseudonymisation.incoming.find_settled_files",
+            "airflow_pseudo.incoming.find_settled_files",
             side_effect=PermissionError("denied"),
         ):
             event = asyncio.run(_first_event(DirectoryTrigger(folder=str(tmp_path))))

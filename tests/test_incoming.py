@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import threading
 from pathlib import Path
 
 import pytest
 
-from airflow_pseudo.pseudonymisation.incoming import claim_files, find_settled_files
+from airflow_pseudo.incoming import (
+    CLAIMS_FILE,
+    adopt_staging,
+    claim_files,
+    claim_files_neutral,
+    find_settled_files,
+    read_run_file,
+    staged_files,
+    write_run_file,
+)
 
 NOW = 1_800_000_000.0
 
@@ -69,9 +80,13 @@ class TestFindSettledFiles:
             str(a)
         ]
 
-    def test_missing_folder_has_no_files(self, tmp_path: Path):
-        """A folder that does not exist (yet) is treated as empty."""
-        assert find_settled_files(tmp_path / "nope", settle_seconds=0) == []
+    def test_missing_folder_is_an_error(self, tmp_path: Path):
+        """A folder that does not exist is a configuration error, not an empty folder."""
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            find_settled_files(tmp_path / "nope", settle_seconds=0)
+        (tmp_path / "file").write_bytes(b"x")
+        with pytest.raises(NotADirectoryError):
+            find_settled_files(tmp_path / "file", settle_seconds=0)
 
     def test_default_now_is_current_time(self, tmp_path: Path):
         """Without ``now`` the wall clock is used."""
@@ -132,3 +147,73 @@ class TestClaimFiles:
             t.join(timeout=30)
         names = [Path(p).name for p in results["r1"] + results["r2"]]
         assert sorted(names) == sorted(f.name for f in files)
+
+
+class TestClaimFilesNeutral:
+    def test_claims_file_is_private_and_lists_only_this_runs_claims(self, tmp_path: Path):
+        """claims.jsonl is 0600 in a 0700 folder, and names only the files this run holds."""
+        incoming = tmp_path / "incoming"
+        files = [_write(incoming / "Doe^Jane" / f"{i}.dcm") for i in range(4)]
+        # Another run takes two of the listed files first.
+        taken = claim_files_neutral(files[:2], tmp_path / "other", incoming)
+        claimed = claim_files_neutral(files, tmp_path / "staging", incoming)
+        assert len(taken) == len(claimed) == 2
+        staging = tmp_path / "staging"
+        assert stat.S_IMODE((staging / CLAIMS_FILE).stat().st_mode) == 0o600
+        assert stat.S_IMODE(staging.stat().st_mode) == 0o700
+        entries = [json.loads(x) for x in (staging / CLAIMS_FILE).read_text().splitlines()]
+        assert sorted(e["original"] for e in entries) == ["Doe^Jane/2.dcm", "Doe^Jane/3.dcm"]
+        assert sorted(staging / e["claimed"] for e in entries) == sorted(map(Path, claimed))
+
+    def test_staged_files_is_what_the_folder_holds(self, tmp_path: Path):
+        """staged_files lists the claimed files still in staging, in claim order."""
+        incoming = tmp_path / "incoming"
+        files = [_write(incoming / f"{i}.dcm") for i in range(3)]
+        claimed = claim_files_neutral(files, tmp_path / "staging", incoming)
+        assert staged_files(tmp_path / "staging") == claimed
+        Path(claimed[1]).unlink()  # e.g. archived by publish
+        assert staged_files(tmp_path / "staging") == [claimed[0], claimed[2]]
+        assert staged_files(tmp_path / "missing") == []
+
+    def test_new_names_never_reuse_a_compacted_one(self, tmp_path: Path):
+        """After entries are dropped, new neutral names still never collide with held files."""
+        incoming = tmp_path / "incoming"
+        staging = tmp_path / "staging"
+        first = claim_files_neutral(
+            [_write(incoming / f"{i}.dcm") for i in range(3)], staging, incoming
+        )
+        Path(first[0]).unlink()
+        staged_files(staging)
+        second = claim_files_neutral([_write(incoming / "later.dcm", b"later")], staging, incoming)
+        assert second[0] not in first
+        assert [Path(p).read_bytes() for p in first[1:]] == [b"DICM", b"DICM"]
+
+
+class TestAdoptStaging:
+    def test_adopted_files_keep_their_original_names_in_claims(self, tmp_path: Path):
+        """A failed run's files move to the adopting run, which records where they came from."""
+        incoming = tmp_path / "incoming"
+        files = [_write(incoming / "pt" / f"{i}.dcm", f"data {i}".encode()) for i in range(3)]
+        orphan = tmp_path / "staging" / "failed-run"
+        claim_files_neutral(files, orphan, incoming)
+        write_run_file(orphan, dag_id="d", run_id="failed-run")
+        mine = tmp_path / "staging" / "new-run"
+        adopted = adopt_staging(orphan, mine)
+        assert len(adopted) == 3
+        assert not orphan.exists()  # claims, run file and folder are gone
+        entries = [json.loads(x) for x in (mine / CLAIMS_FILE).read_text().splitlines()]
+        assert {e["adopted_from"] for e in entries} == {"failed-run"}
+        for entry in entries:
+            number = entry["original"].removeprefix("pt/").removesuffix(".dcm")
+            assert (mine / entry["claimed"]).read_bytes() == f"data {number}".encode()
+
+    def test_limit_leaves_the_rest_for_later(self, tmp_path: Path):
+        """With a limit, the orphan keeps the rest (and its claims and run file)."""
+        incoming = tmp_path / "incoming"
+        orphan = tmp_path / "failed"
+        claim_files_neutral([_write(incoming / f"{i}.dcm") for i in range(3)], orphan, incoming)
+        write_run_file(orphan, dag_id="d", run_id="failed")
+        assert len(adopt_staging(orphan, tmp_path / "mine", limit=2)) == 2
+        assert len(staged_files(orphan)) == 1
+        assert read_run_file(orphan) == {"dag_id": "d", "run_id": "failed"}
+        assert len(staged_files(tmp_path / "mine")) == 2
