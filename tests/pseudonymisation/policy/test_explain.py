@@ -6,13 +6,14 @@ import io
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 
 from airflow_pseudo.cli import EXIT_OK, main
 from airflow_pseudo.pseudonymisation.policy.explain import dry_run
 from airflow_pseudo.pseudonymisation.policy.profile import research_profile
 
-DOCS = Path(__file__).parents[3] / "docs" / "profiles.md"
+REPO = Path(__file__).parents[3]
 START, END = "<!-- explain-summary:start -->", "<!-- explain-summary:end -->"
 
 
@@ -21,9 +22,10 @@ def explain(*argv: str) -> tuple[int, str]:
     return main(["explain", *argv], stdout=out), out.getvalue()
 
 
-def test_the_docs_summary_table_equals_explain_summary():
-    """docs/profiles.md shows exactly what ``airflow-pseudo explain --summary`` prints."""
-    text = DOCS.read_text(encoding="utf-8")
+@pytest.mark.parametrize("document", ["docs/profiles.md", "README.md"])
+def test_the_docs_summary_table_equals_explain_summary(document: str):
+    """The docs show exactly what ``airflow-pseudo explain --summary`` prints."""
+    text = (REPO / document).read_text(encoding="utf-8")
     documented = text.split(START, 1)[1].split(END, 1)[0].strip()
     code, printed = explain("--summary")
     assert code == EXIT_OK
