@@ -400,7 +400,8 @@ def _check_inflated_size(data: bytes, limits: InputLimits) -> None:
                         f"{limits.max_inflated_bytes} bytes (max_inflate_ratio, "
                         "max_inflated_bytes)"
                     )
-                pending = inflater.unconsumed_tail
+                # At the end of the stream a trailing pad byte may stay in the tail for good.
+                pending = b"" if inflater.eof else inflater.unconsumed_tail
             if inflater.eof:
                 break
     except zlib.error:

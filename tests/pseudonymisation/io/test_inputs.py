@@ -158,6 +158,16 @@ class TestRead:
             parse_dataset(bytes(data), named_as_dicom=True)
         assert "StudyInstanceUID" in parse_dataset(buffer.getvalue(), named_as_dicom=True)
 
+    def test_a_pad_byte_after_the_deflated_stream_ends_the_check(self, tmp_path: Path):
+        """pydicom pads an odd-length deflated stream; zlib then keeps that byte as a tail."""
+        dataset = make_instance("ct")
+        dataset.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        for padding in (b"", b"\0", b"\0\0\0"):
+            parsed = parse_dataset(buffer.getvalue() + padding)
+            assert parsed.SOPInstanceUID == dataset.SOPInstanceUID
+
     def test_a_deflated_dataset_inflating_past_the_ratio_is_refused(self, tmp_path: Path):
         """A deflated file is inflated piece by piece to check its size before pydicom reads it."""
         dataset = make_instance("ct")
