@@ -8,18 +8,9 @@ import deid_data
 import pytest
 from pydicom.data import get_testdata_files
 
-from airflow_pseudo.pseudonymisation import ConfigurationError, PseudonymKey, Settings
+from airflow_pseudo.pseudonymisation import PseudonymKey
 
 KEY = PseudonymKey(b"airflow-pseudo conformance test key, not for production")
-
-
-def policy_landed() -> bool:
-    """Whether the policy model is present (it ships the ``research`` profile)."""
-    try:
-        Settings(key=KEY, profile="research").check()
-    except ConfigurationError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="session")

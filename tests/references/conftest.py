@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import RTStructureSetStorage, generate_uid
 
-from airflow_pseudo.pseudonymisation import ConfigurationError, PseudonymKey, Settings
+from airflow_pseudo.pseudonymisation import PseudonymKey
 
 KEY = PseudonymKey(b"airflow-pseudo references test key, not for production")
 SLICES = 3
@@ -25,15 +25,6 @@ DEVICE = {
     "software_versions": "1",
     "device_serial_number": "0",
 }
-
-
-def policy_landed() -> bool:
-    """Whether the policy model is present (it ships the ``research`` profile)."""
-    try:
-        Settings(key=KEY, profile="research").check()
-    except ConfigurationError:
-        return False
-    return True
 
 
 def _ct_series() -> list[Dataset]:

@@ -20,15 +20,10 @@ from pydicom.dataset import Dataset
 
 from airflow_pseudo.pseudonymisation import Settings, pseudonymise_files
 
-from .conftest import KEY, SLICES, policy_landed
+from .conftest import KEY, SLICES
 
 REFERENCING = ("seg", "sr", "ko", "pr", "rtstruct")
 TARGET_ATTRIBUTES = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
-NEEDS_POLICY = pytest.mark.xfail(
-    not policy_landed(),
-    strict=True,
-    reason="needs the policy model: reference sequences kept with their UIDs remapped",
-)
 
 Path_ = tuple[int | str, ...]
 
@@ -88,10 +83,10 @@ def target_map(reference_set: dict[str, Path], pseudonymised: dict[str, Path]) -
     "name",
     [
         # The Basic Profile's X/Z/U* on Source Image and Referenced Image Sequences.
-        pytest.param("seg", marks=NEEDS_POLICY),
+        "seg",
         "sr",
         "ko",
-        pytest.param("pr", marks=NEEDS_POLICY),
+        "pr",
         "rtstruct",
     ],
 )

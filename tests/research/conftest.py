@@ -16,7 +16,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from airflow_pseudo.pseudonymisation import ConfigurationError, PseudonymKey, Settings
+from airflow_pseudo.pseudonymisation import PseudonymKey
 from tests.conftest import require_tool
 
 KEY = PseudonymKey(b"airflow-pseudo research test key, not for production")
@@ -184,15 +184,6 @@ def compare(
                 else:
                     result.changed_fields.add(field)
     return result
-
-
-def profile_available(name: str) -> bool:
-    """Whether this version of the policy ships a profile of that name."""
-    try:
-        Settings(key=KEY, profile=name).check()
-    except ConfigurationError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="session")

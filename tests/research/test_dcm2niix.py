@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from airflow_pseudo.pseudonymisation import Settings, pseudonymise_files
 from airflow_pseudo.pseudonymisation.policy.private import safe_private_attribute
 
-from .conftest import KEY, SERIES, compare, convert, profile_available, stage, subject_identifiers
+from .conftest import KEY, SERIES, compare, convert, stage, subject_identifiers
 
 
 def _pseudonymise(folder: Path, output: Path, profile: str) -> Path:
@@ -30,11 +30,6 @@ def _pseudonymise(folder: Path, output: Path, profile: str) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    not profile_available("research"),
-    strict=True,
-    reason="needs the research profile (Retain Safe Private, Clean Descriptors)",
-)
 @pytest.mark.parametrize("vendor", sorted(SERIES))
 def test_research_output_converts_to_the_same_data(
     vendor: str, dcm2niix: str, tmp_path: Path
