@@ -16,8 +16,8 @@ class DirectoryTrigger(BaseTrigger):
     Each check lists the folder with
     :func:`~airflow_pseudo.incoming.find_settled_files` in a worker thread, so a
     slow (e.g. network) file system never blocks the triggerer's event loop; the listing module is
-    imported in that thread too, as importing it loads pydicom. This module imports only the
-    standard library and Airflow's trigger base. The trigger yields one event and stops:
+    imported in that thread too. This module imports only the standard library and Airflow's
+    trigger base. The trigger yields one event and stops:
     ``{"status": "success", "count": n}`` (or ``"files": [...]`` with ``return_files``), or
     ``{"status": "error", "message": ...}`` if listing raised.
 

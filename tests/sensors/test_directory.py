@@ -274,4 +274,4 @@ def test_min_files_zero_does_not_wait(tmp_path: Path):
     """min_files=0 is done at the first poke, even on an empty folder (a run that only adopts)."""
     result = _sensor(tmp_path, min_files=0).poke({})  # type: ignore[arg-type]
     assert result.is_done
-    assert result.xcom_value == 0
+    assert result.xcom_value == []
