@@ -25,7 +25,7 @@ from pydicom.tag import Tag
 
 from airflow_pseudo.pseudonymisation import Settings, pseudonymise_directory
 from airflow_pseudo.pseudonymisation._ps315_table import ROWS
-from airflow_pseudo.pseudonymisation.profiles import Action, default_profile
+from airflow_pseudo.pseudonymisation.policy.profile import Action, resolve_profile
 from airflow_pseudo.testing import FakePatient, make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -56,9 +56,10 @@ def annex_e_text_rows() -> list[tuple[int, str, str]]:
     return rows
 
 
-def _kept_by_profile(tag: int) -> bool:
-    """Attributes the default profile keeps on purpose (patient characteristics options...)."""
-    return default_profile().rule_for(Tag(tag)).action == Action.KEEP
+def _kept_by_profile(tag: int, profile: str = "default") -> bool:
+    """Attributes a profile keeps on purpose: patient characteristics, and under Clean
+    Descriptors the descriptions, whose planted values identify no one in the instance."""
+    return resolve_profile(profile).rule_for(Tag(tag)).action in (Action.KEEP, Action.CLEAN)
 
 
 def _content_item(value_type: str, **values: Any) -> Dataset:
@@ -70,7 +71,9 @@ def _content_item(value_type: str, **values: Any) -> Dataset:
     return item
 
 
-def plant_everywhere(ds: Dataset, tag_values: list[tuple[int, str, str]], prefix: str) -> list[str]:
+def plant_everywhere(
+    ds: Dataset, tag_values: list[tuple[int, str, str]], prefix: str, profile: str = "default"
+) -> list[str]:
     """Plant values in ``ds``; return every planted string (beyond the FakePatient ones)."""
     planted: list[str] = []
     for tag, vr, value in tag_values:
@@ -78,7 +81,7 @@ def plant_everywhere(ds: Dataset, tag_values: list[tuple[int, str, str]], prefix
             ds.file_meta.add_new(tag, vr, value)
         else:
             ds.add_new(tag, vr, value)
-        if not _kept_by_profile(tag):
+        if not _kept_by_profile(tag, profile):
             planted.append(value)
 
     # Names and SR content four levels deep, with private tags inside the sequences.
@@ -115,7 +118,7 @@ def plant_everywhere(ds: Dataset, tag_values: list[tuple[int, str, str]], prefix
     return planted
 
 
-def write_leak_corpus(root: Path) -> list[str]:
+def write_leak_corpus(root: Path, profile: str = "default") -> list[str]:
     """Write the corpus (PHI in folder and file names too); return every planted value."""
     rows = annex_e_text_rows()
     planted: list[str] = []
@@ -128,7 +131,7 @@ def write_leak_corpus(root: Path) -> list[str]:
         for series, template in enumerate(("ct", "mr", "sr"), start=1):
             ds = make_instance(template, patient=number, series=series)
             prefix = f"P{number}S{series}"
-            planted += plant_everywhere(ds, rows, prefix)
+            planted += plant_everywhere(ds, rows, prefix, profile)
             ds.OtherPatientIDs = [*patient.other_patient_ids, f"{prefix}ThirdID"]
             planted.append(f"{prefix}ThirdID")
             name = f"{patient.name.replace('^', '_')}_{patient.birth_date}_{series}.dcm"
@@ -160,9 +163,16 @@ def scan_tree(rel: Any, folder: Path, planted: list[str]) -> dict[str, set[str]]
     return hits
 
 
-def test_no_planted_value_in_any_output_byte(tmp_path: Path, rel: Any, settings: Settings):
+@pytest.mark.parametrize("profile", ["basic", "default", "research"])
+def test_no_planted_value_in_any_output_byte(
+    tmp_path: Path, rel: Any, key_bytes: bytes, profile: str
+):
+    """Every shipped profile but ``pymedphys`` (the seed's keyword list, kept as it was)."""
+    from airflow_pseudo.pseudonymisation import PseudonymKey
+
+    settings = Settings(key=PseudonymKey(key_bytes), profile=profile)
     incoming = tmp_path / "incoming"
-    planted = write_leak_corpus(incoming)
+    planted = write_leak_corpus(incoming, profile)
     inputs = [p for p in incoming.rglob("*.dcm")]
     # The scanner works: it finds the values in the inputs and in their names.
     input_hits = scan_tree(rel, incoming, planted)
