@@ -51,6 +51,19 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
+#: Headless Chromium as root on a machine without a network: no sandbox, no background traffic.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 TEST_KEY = b"airflow-pseudo test key, never use in production"
 
 

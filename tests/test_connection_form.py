@@ -23,20 +23,10 @@ from typing import Any
 import pytest
 
 from airflow_pseudo.get_provider_info import get_provider_info
-from tests.conftest import REPO_ROOT, require_tool
+from tests.conftest import CHROMIUM_FLAGS, REPO_ROOT, require_tool
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Every extra with a value, as docs/provider.md tells CLI and environment users to store them.
 FULL_EXTRA = {
     "strategy": "keyed",

@@ -16,18 +16,7 @@ from typing import Any
 import pytest
 
 from airflow_pseudo.testing import FakePatient, write_corpus
-from tests.conftest import require_tool
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.conftest import CHROMIUM_FLAGS, require_tool
 
 
 def _inputs_named_after_patients(incoming: Path) -> list[Path]:
