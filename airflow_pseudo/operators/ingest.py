@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: DAG run states in which a run may still use its staging folder.
 ACTIVE_RUN_STATES = ("queued", "running")
+#: XCom key of the number of settled files a run capped by ``max_files`` left for the next run.
+LEFT_FOR_NEXT_RUN_KEY = "left_for_next_run"
 
 
 def split_batches(files: Sequence[str], batch_size: int, max_batches: int) -> list[list[str]]:
@@ -59,7 +61,10 @@ class IngestOperator(BaseOperator):
     into this run and are published by it. See ``docs/operations.md``.
 
     The return value (XCom) is the list of claimed paths (neutral names only), or with
-    ``batch_size`` a list of batches for dynamic task mapping. The task is skipped when there is
+    ``batch_size`` a list of batches for dynamic task mapping. The number of settled files left
+    in the incoming folder by ``max_files`` (a count, never names) is pushed under the XCom key
+    ``left_for_next_run``, for the run report (see
+    :class:`~airflow_pseudo.operators.publish.PublishOperator`). The task is skipped when there is
     nothing to process.
 
     :param incoming_dir: The folder to take files from. (templated)
@@ -173,12 +178,15 @@ class IngestOperator(BaseOperator):
             staging,
             len(files),
         )
-        if left := len(settled) - len(take):
+        left = len(settled) - len(take)
+        if left:
             self.log.info(
                 "%d settled file(s) left in the incoming folder for the next run (max_files=%s)",
                 left,
                 max_files,
             )
+        if (ti := context.get("ti")) is not None:
+            ti.xcom_push(key=LEFT_FOR_NEXT_RUN_KEY, value=left)
         if not files:
             remove_empty_staging(staging)
             raise AirflowSkipException("No file to process: nothing settled or all taken")

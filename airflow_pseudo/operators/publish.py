@@ -97,8 +97,11 @@ class PublishOperator(BaseOperator):
     :param conn_id: Airflow connection for the destination's object store, if not in the URI.
     :param pseudo_conn_id: The ``pseudo`` connection the outputs were made with: the report
         names its key id (a fingerprint, never the key). ``None`` leaves the key id out.
-    :param report_notes: Sentences about the run for the top of the report, e.g. how many
-        files were left for the next run. (templated)
+    :param report_notes: Sentences about the run for the top of the report. (templated)
+    :param left_for_next_run: How many settled files the run left in the incoming folder because
+        it was capped at ``max_files``, e.g.
+        ``"{{ ti.xcom_pull(task_ids='ingest', key='left_for_next_run') }}"`` (see
+        :class:`~airflow_pseudo.operators.ingest.IngestOperator`); shown in the report. (templated)
     :param keep_outputs: Keep the work outputs after publishing them. Defaults to ``False``:
         they are deleted. (templated; the strings ``"true"``/``"false"`` are accepted)
     """
@@ -113,6 +116,7 @@ class PublishOperator(BaseOperator):
         "manifest_name",
         "delete_inputs",
         "report_notes",
+        "left_for_next_run",
         "keep_outputs",
     )
     ui_color = "#e8daef"
@@ -133,6 +137,7 @@ class PublishOperator(BaseOperator):
         pseudo_conn_id: str | None = "pseudo_default",
         report_notes: Sequence[str] | str | None = None,
         keep_outputs: bool | str = False,
+        left_for_next_run: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -148,6 +153,7 @@ class PublishOperator(BaseOperator):
         self.pseudo_conn_id = pseudo_conn_id
         self.report_notes = report_notes
         self.keep_outputs = keep_outputs
+        self.left_for_next_run = left_for_next_run
 
     def _destination(self) -> ObjectStoragePath:
         if self.conn_id and not isinstance(self.destination, ObjectStoragePath):
@@ -326,10 +332,21 @@ class PublishOperator(BaseOperator):
             key_id=self._key_id(files),
             run={"dag_id": dag_id, "run_id": run_id},
             notes=[str(n) for n in flatten_paths(self.report_notes)],
+            left_for_next_run=self._left_for_next_run(),
         )
         json_path, html_path = write_report(report, self._destination())
         self.log.info("Wrote the run report %s", html_path)
         return json_path, html_path
+
+    def _left_for_next_run(self) -> int | None:
+        """Return the count of files left for the next run, or ``None`` if it is not known."""
+        if self.left_for_next_run in (None, "", "None"):
+            return None
+        try:
+            return int(self.left_for_next_run)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.log.warning("left_for_next_run is not a count: left out of the report")
+            return None
 
     def _key_id(self, files: list[dict[str, Any]]) -> str | None:
         """Return the key's fingerprint: from the records, else from the ``pseudo`` connection."""
