@@ -172,10 +172,12 @@ class PublishOperator(BaseOperator):
             # Published by an earlier try, whose work output was then deleted (retention).
             sha = _sha256_of(target)
             if sha != published_sha:
+                from airflow_pseudo.pseudonymisation.logs import printable
+
                 raise AirflowFailException(
-                    f"{target} differs from what an earlier try published, and its work output "
-                    "was deleted after publishing: delete the damaged copy and put the archived "
-                    "input back into the incoming folder to publish it again"
+                    f"{printable(str(target))} differs from what an earlier try published, and "
+                    "its work output was deleted after publishing: delete the damaged copy and "
+                    "put the archived input back into the incoming folder to publish it again"
                 )
             return "unchanged", target.stat().st_size, sha
         size = source.stat().st_size
@@ -189,6 +191,8 @@ class PublishOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Publish, write the manifest, record the Asset event, then archive the inputs."""
+        from airflow_pseudo.pseudonymisation.logs import printable
+
         started = time.monotonic()
         validations = flatten_records(self.results)
         by_source = {r["source"]: r for r in flatten_records(self.pseudonymise_results)}
@@ -232,7 +236,9 @@ class PublishOperator(BaseOperator):
                 try:
                     status, size, sha = self._publish_one(output, target, earlier.get(source))
                 except FileNotFoundError as exc:
-                    raise AirflowFailException(f"Validated output is missing: {output}") from exc
+                    raise AirflowFailException(
+                        f"Validated output is missing: {printable(output)}"
+                    ) from exc
                 entry.update(published=str(target), status=status, size=size, sha256=sha)
             elif entry["quarantine"]:
                 entry["status"] = "quarantined"
@@ -263,11 +269,11 @@ class PublishOperator(BaseOperator):
             counts["published"] + counts["unchanged"],
             counts["published"],
             counts["unchanged"],
-            destination,
+            printable(str(destination)),
             counts["quarantined"],
             counts["failed"],
             counts["skipped"],
-            manifest_path,
+            printable(str(manifest_path)),
         )
 
         _, report_html = self._write_report(context, manifest, by_source, counts, started)
@@ -298,6 +304,7 @@ class PublishOperator(BaseOperator):
         started: float,
     ) -> tuple[Any, Any]:
         """Write ``report.json`` and ``report.html`` beside the manifest; return their paths."""
+        from airflow_pseudo.pseudonymisation.logs import printable
         from airflow_pseudo.report import build_report, write_report
         from airflow_pseudo.report.model import files_by_batch, steps_with_files
 
@@ -335,7 +342,7 @@ class PublishOperator(BaseOperator):
             left_for_next_run=self._left_for_next_run(),
         )
         json_path, html_path = write_report(report, self._destination())
-        self.log.info("Wrote the run report %s", html_path)
+        self.log.info("Wrote the run report %s", printable(str(html_path)))
         return json_path, html_path
 
     def _left_for_next_run(self) -> int | None:
@@ -343,7 +350,7 @@ class PublishOperator(BaseOperator):
         if self.left_for_next_run in (None, "", "None"):
             return None
         try:
-            return int(self.left_for_next_run)  # type: ignore[arg-type]
+            return int(self.left_for_next_run)
         except (TypeError, ValueError):
             self.log.warning("left_for_next_run is not a count: left out of the report")
             return None
@@ -391,6 +398,8 @@ class PublishOperator(BaseOperator):
         output_root: str | None,
     ) -> None:
         """Delete the published work outputs, and the folders they leave empty."""
+        from airflow_pseudo.pseudonymisation.logs import printable
+
         done = {"published", "unchanged"}
         outputs = [
             Path(validation_by_source[e["source"]]["output"])
@@ -406,11 +415,12 @@ class PublishOperator(BaseOperator):
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):  # not empty: something else lives there
                 folder.rmdir()
-        self.log.info("Deleted %d published work output(s) from %s", len(outputs), root)
+        self.log.info("Deleted %d published work output(s) from %s", len(outputs), printable(root))
 
     def _archive_inputs(self, sources: list[str], manifest: list[dict[str, Any]]) -> int:
         """Move (or delete) processed inputs; return how many were handled."""
         from airflow_pseudo.incoming import RUN_FILE
+        from airflow_pseudo.pseudonymisation.logs import printable
 
         delete = _as_bool(self.delete_inputs)
         root = Path(self.input_root or os.path.commonpath([os.path.dirname(s) for s in sources]))
@@ -441,7 +451,7 @@ class PublishOperator(BaseOperator):
             "%s %d processed input(s)%s",
             "Deleted" if delete else "Archived",
             count,
-            "" if delete else f" to {self.archive_dir}",
+            "" if delete else f" to {printable(str(self.archive_dir))}",
         )
         return count
 

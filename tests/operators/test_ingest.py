@@ -154,6 +154,16 @@ class TestChecksBeforeClaiming:
         with pytest.raises(AirflowFailException, match="does not exist"):
             _op(tmp_path).execute(_context())
 
+    @pytest.mark.usefixtures("pseudo_conn")
+    def test_folder_names_in_errors_are_escaped(self, tmp_path: Path):
+        """A newline or an ANSI escape in a folder name is escaped in the task's error."""
+        folder = tmp_path / "in\ncoming\x1b[2J"
+        with pytest.raises(AirflowFailException, match="does not exist") as failure:
+            _op(tmp_path, incoming_dir=str(folder)).execute(_context())
+        message = str(failure.value)
+        assert "\n" not in message and "\x1b" not in message
+        assert "in\\ncoming\\x1b[2J" in message
+
     def test_check_can_be_turned_off(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         """pseudo_conn_id=None claims without a connection (e.g. a key-less strategy)."""
         monkeypatch.delenv(CONN_VAR, raising=False)
