@@ -20,7 +20,8 @@ wait (DirectorySensor) -> ingest (claim the settled files) -> pseudonymise -> va
 - **publish** copies the validated outputs to ``params.publish_dir/<run_id>`` with a
   ``manifest.jsonl``, emits an event on the ``dicom_pseudonymised`` Asset, then moves the
   processed inputs to ``params.archive_dir/<run_id>`` and deletes the work outputs (unless
-  ``params.keep_outputs``).
+  ``params.keep_outputs``). Its run report counts the settled files that ``params.max_files``
+  left in the incoming folder for the next run.
 
 After a failure, see ``docs/operations.md``: clearing ``ingest`` (with its downstream tasks) is
 always safe, and so is doing nothing (the next run adopts the files).
@@ -166,6 +167,8 @@ with DAG(
         archive_dir="{{ params.archive_dir }}/{{ run_id }}",
         delete_inputs="{{ params.delete_inputs }}",
         keep_outputs="{{ params.keep_outputs }}",
+        # A count only: how many settled files max_files left for the next run.
+        left_for_next_run="{{ ti.xcom_pull(task_ids='ingest', key='left_for_next_run') }}",
         outlets=[PUBLISHED],
     )
 

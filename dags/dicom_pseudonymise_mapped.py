@@ -140,6 +140,8 @@ with DAG(
         archive_dir="{{ params.archive_dir }}/{{ run_id }}",
         delete_inputs="{{ params.delete_inputs }}",
         keep_outputs="{{ params.keep_outputs }}",
+        # A count only: how many settled files max_files left for the next run.
+        left_for_next_run="{{ ti.xcom_pull(task_ids='ingest', key='left_for_next_run') }}",
         outlets=[PUBLISHED],
     )
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: DAG run states in which a run may still use its staging folder.
 ACTIVE_RUN_STATES = ("queued", "running")
+#: XCom key of the number of settled files a run capped by ``max_files`` left for the next run.
+LEFT_FOR_NEXT_RUN_KEY = "left_for_next_run"
 
 
 def split_batches(files: Sequence[str], batch_size: int, max_batches: int) -> list[list[str]]:
@@ -59,7 +61,10 @@ class IngestOperator(BaseOperator):
     into this run and are published by it. See ``docs/operations.md``.
 
     The return value (XCom) is the list of claimed paths (neutral names only), or with
-    ``batch_size`` a list of batches for dynamic task mapping. The task is skipped when there is
+    ``batch_size`` a list of batches for dynamic task mapping. The number of settled files left
+    in the incoming folder by ``max_files`` (a count, never names) is pushed under the XCom key
+    ``left_for_next_run``, for the run report (see
+    :class:`~airflow_pseudo.operators.publish.PublishOperator`). The task is skipped when there is
     nothing to process.
 
     :param incoming_dir: The folder to take files from. (templated)
@@ -130,6 +135,7 @@ class IngestOperator(BaseOperator):
             staged_files,
             write_run_file,
         )
+        from airflow_pseudo.pseudonymisation.logs import printable
 
         try:
             settle_seconds = float(self.settle_seconds)
@@ -170,15 +176,18 @@ class IngestOperator(BaseOperator):
             "Claimed %d of %d settled file(s) into %s; the run holds %d file(s)",
             len(claimed),
             len(take),
-            staging,
+            printable(staging),
             len(files),
         )
-        if left := len(settled) - len(take):
+        left = len(settled) - len(take)
+        if left:
             self.log.info(
                 "%d settled file(s) left in the incoming folder for the next run (max_files=%s)",
                 left,
                 max_files,
             )
+        if (ti := context.get("ti")) is not None:
+            ti.xcom_push(key=LEFT_FOR_NEXT_RUN_KEY, value=left)
         if not files:
             remove_empty_staging(staging)
             raise AirflowSkipException("No file to process: nothing settled or all taken")
@@ -194,12 +203,14 @@ class IngestOperator(BaseOperator):
         if not self.pseudo_conn_id:
             return
         from airflow_pseudo.pseudonymisation import ConfigurationError
+        from airflow_pseudo.pseudonymisation.logs import printable
 
         try:
             PseudoHook(pseudo_conn_id=self.pseudo_conn_id).get_settings()
         except ConfigurationError as exc:  # includes MissingKeyError
             raise AirflowFailException(
-                f"Connection {self.pseudo_conn_id!r} is not usable, so no file was claimed: {exc}"
+                f"Connection {self.pseudo_conn_id!r} is not usable, so no file was claimed: "
+                f"{printable(str(exc))}"
             ) from None
         except AirflowNotFoundException:
             raise AirflowFailException(
@@ -212,28 +223,32 @@ class IngestOperator(BaseOperator):
     def check_folders(self) -> tuple[Path, Path]:
         """Fail (no retry) unless the incoming folder can be listed and staging sits beside it."""
         from airflow_pseudo.incoming import check_folder
+        from airflow_pseudo.pseudonymisation.logs import printable
 
         try:
             incoming = check_folder(self.incoming_dir)
         except OSError as exc:
-            raise AirflowFailException(f"{exc.strerror}: {exc.filename}") from None
+            raise AirflowFailException(f"{exc.strerror}: {printable(str(exc.filename))}") from None
         staging = Path(self.staging_dir).absolute()
         try:
             staging.parent.mkdir(parents=True, exist_ok=True)
             if not os.access(staging.parent, os.W_OK | os.X_OK):
                 raise PermissionError(f"cannot write to {staging.parent}")
         except OSError as exc:
-            raise AirflowFailException(f"Cannot create the staging folder: {exc}") from None
+            raise AirflowFailException(
+                f"Cannot create the staging folder: {printable(str(exc))}"
+            ) from None
         if staging.parent.stat().st_dev != incoming.stat().st_dev:
             raise AirflowFailException(
-                f"The staging folder {staging.parent} must be on the same file system as the "
-                f"incoming folder {incoming} (files are claimed by renaming them)"
+                f"The staging folder {printable(staging.parent)} must be on the same file system "
+                f"as the incoming folder {printable(incoming)} (files are claimed by renaming them)"
             )
         return incoming, staging
 
     def adopt(self, staging: Path, room: int | None, context: Context) -> int:
         """Adopt the files of other runs' staging folders whose runs are over; return a count."""
         from airflow_pseudo.incoming import adopt_staging, read_run_file
+        from airflow_pseudo.pseudonymisation.logs import printable
 
         adopted = 0
         for folder in sorted(p for p in staging.parent.iterdir() if p.is_dir() and p != staging):
@@ -248,8 +263,8 @@ class IngestOperator(BaseOperator):
                 self.log.warning(
                     "Adopted %d file(s) left by run %s of %s, which is over",
                     len(files),
-                    owner["run_id"],
-                    owner["dag_id"],
+                    printable(str(owner["run_id"])),
+                    printable(str(owner["dag_id"])),
                 )
             adopted += len(files)
         return adopted

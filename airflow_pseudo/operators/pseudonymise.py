@@ -81,6 +81,7 @@ class _SettingsMixin:
     def build_settings(self) -> Settings:
         """Return the connection's settings with this task's overrides (no retry on errors)."""
         from airflow_pseudo.pseudonymisation import ConfigurationError
+        from airflow_pseudo.pseudonymisation.logs import printable
 
         overrides: dict[str, Any] = {
             "strategy": self.strategy,
@@ -98,7 +99,7 @@ class _SettingsMixin:
         try:
             return PseudoHook(pseudo_conn_id=self.pseudo_conn_id).get_settings(**overrides)
         except ConfigurationError as exc:  # includes MissingKeyError
-            raise AirflowFailException(f"Configuration error: {exc}") from exc
+            raise AirflowFailException(f"Configuration error: {printable(str(exc))}") from exc
         except AirflowNotFoundException as exc:
             raise AirflowFailException(
                 f"Connection {self.pseudo_conn_id!r} is not defined: create a 'pseudo' connection "
@@ -223,6 +224,7 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
             pseudonymise_directory,
             pseudonymise_files,
         )
+        from airflow_pseudo.pseudonymisation.logs import printable
 
         try:
             workers = int(self.workers)
@@ -248,8 +250,8 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
         settings = self.build_settings()
         self.log.info(
             "Pseudonymising %s into %s (strategy %s, profile %s, %d worker(s))",
-            f"{len(files)} file(s)" if files is not None else self.input_path,
-            output_dir,
+            f"{len(files)} file(s)" if files is not None else printable(self.input_path or ""),
+            printable(output_dir),
             settings.strategy,
             settings.profile,
             workers,
@@ -274,7 +276,7 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
                     workers=workers,
                 )
         except ConfigurationError as exc:
-            raise AirflowFailException(f"Configuration error: {exc}") from exc
+            raise AirflowFailException(f"Configuration error: {printable(str(exc))}") from exc
 
         records = [r.to_dict() for r in results]
         counts = count_statuses(records)
@@ -289,15 +291,15 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
             if record["status"] == "failed":
                 self.log.warning(
                     "Failed: %s (%s); quarantined at %s",
-                    record["source"],
-                    record["reason"],
-                    record["quarantine"],
+                    printable(record["source"]),
+                    printable(str(record["reason"])),
+                    printable(str(record["quarantine"])),
                 )
         if counts["failed"] > max_failed:
             push_before_failing(context, records)
             message = (
                 f"{counts['failed']} of {len(records)} file(s) failed, more than "
-                f"max_failed_files={max_failed}; see quarantine {quarantine_dir}"
+                f"max_failed_files={max_failed}; see quarantine {printable(quarantine_dir)}"
             )
             if any(is_transient_failure(r) for r in records):
                 raise AirflowException(message + " (I/O errors: retrying may help)")

@@ -97,8 +97,11 @@ class PublishOperator(BaseOperator):
     :param conn_id: Airflow connection for the destination's object store, if not in the URI.
     :param pseudo_conn_id: The ``pseudo`` connection the outputs were made with: the report
         names its key id (a fingerprint, never the key). ``None`` leaves the key id out.
-    :param report_notes: Sentences about the run for the top of the report, e.g. how many
-        files were left for the next run. (templated)
+    :param report_notes: Sentences about the run for the top of the report. (templated)
+    :param left_for_next_run: How many settled files the run left in the incoming folder because
+        it was capped at ``max_files``, e.g.
+        ``"{{ ti.xcom_pull(task_ids='ingest', key='left_for_next_run') }}"`` (see
+        :class:`~airflow_pseudo.operators.ingest.IngestOperator`); shown in the report. (templated)
     :param keep_outputs: Keep the work outputs after publishing them. Defaults to ``False``:
         they are deleted. (templated; the strings ``"true"``/``"false"`` are accepted)
     """
@@ -113,6 +116,7 @@ class PublishOperator(BaseOperator):
         "manifest_name",
         "delete_inputs",
         "report_notes",
+        "left_for_next_run",
         "keep_outputs",
     )
     ui_color = "#e8daef"
@@ -133,6 +137,7 @@ class PublishOperator(BaseOperator):
         pseudo_conn_id: str | None = "pseudo_default",
         report_notes: Sequence[str] | str | None = None,
         keep_outputs: bool | str = False,
+        left_for_next_run: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -148,6 +153,7 @@ class PublishOperator(BaseOperator):
         self.pseudo_conn_id = pseudo_conn_id
         self.report_notes = report_notes
         self.keep_outputs = keep_outputs
+        self.left_for_next_run = left_for_next_run
 
     def _destination(self) -> ObjectStoragePath:
         if self.conn_id and not isinstance(self.destination, ObjectStoragePath):
@@ -166,10 +172,12 @@ class PublishOperator(BaseOperator):
             # Published by an earlier try, whose work output was then deleted (retention).
             sha = _sha256_of(target)
             if sha != published_sha:
+                from airflow_pseudo.pseudonymisation.logs import printable
+
                 raise AirflowFailException(
-                    f"{target} differs from what an earlier try published, and its work output "
-                    "was deleted after publishing: delete the damaged copy and put the archived "
-                    "input back into the incoming folder to publish it again"
+                    f"{printable(str(target))} differs from what an earlier try published, and "
+                    "its work output was deleted after publishing: delete the damaged copy and "
+                    "put the archived input back into the incoming folder to publish it again"
                 )
             return "unchanged", target.stat().st_size, sha
         size = source.stat().st_size
@@ -183,6 +191,8 @@ class PublishOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Publish, write the manifest, record the Asset event, then archive the inputs."""
+        from airflow_pseudo.pseudonymisation.logs import printable
+
         started = time.monotonic()
         validations = flatten_records(self.results)
         by_source = {r["source"]: r for r in flatten_records(self.pseudonymise_results)}
@@ -226,7 +236,9 @@ class PublishOperator(BaseOperator):
                 try:
                     status, size, sha = self._publish_one(output, target, earlier.get(source))
                 except FileNotFoundError as exc:
-                    raise AirflowFailException(f"Validated output is missing: {output}") from exc
+                    raise AirflowFailException(
+                        f"Validated output is missing: {printable(output)}"
+                    ) from exc
                 entry.update(published=str(target), status=status, size=size, sha256=sha)
             elif entry["quarantine"]:
                 entry["status"] = "quarantined"
@@ -257,11 +269,11 @@ class PublishOperator(BaseOperator):
             counts["published"] + counts["unchanged"],
             counts["published"],
             counts["unchanged"],
-            destination,
+            printable(str(destination)),
             counts["quarantined"],
             counts["failed"],
             counts["skipped"],
-            manifest_path,
+            printable(str(manifest_path)),
         )
 
         _, report_html = self._write_report(context, manifest, by_source, counts, started)
@@ -292,6 +304,7 @@ class PublishOperator(BaseOperator):
         started: float,
     ) -> tuple[Any, Any]:
         """Write ``report.json`` and ``report.html`` beside the manifest; return their paths."""
+        from airflow_pseudo.pseudonymisation.logs import printable
         from airflow_pseudo.report import build_report, write_report
         from airflow_pseudo.report.model import files_by_batch, steps_with_files
 
@@ -326,10 +339,21 @@ class PublishOperator(BaseOperator):
             key_id=self._key_id(files),
             run={"dag_id": dag_id, "run_id": run_id},
             notes=[str(n) for n in flatten_paths(self.report_notes)],
+            left_for_next_run=self._left_for_next_run(),
         )
         json_path, html_path = write_report(report, self._destination())
-        self.log.info("Wrote the run report %s", html_path)
+        self.log.info("Wrote the run report %s", printable(str(html_path)))
         return json_path, html_path
+
+    def _left_for_next_run(self) -> int | None:
+        """Return the count of files left for the next run, or ``None`` if it is not known."""
+        if self.left_for_next_run in (None, "", "None"):
+            return None
+        try:
+            return int(self.left_for_next_run)
+        except (TypeError, ValueError):
+            self.log.warning("left_for_next_run is not a count: left out of the report")
+            return None
 
     def _key_id(self, files: list[dict[str, Any]]) -> str | None:
         """Return the key's fingerprint: from the records, else from the ``pseudo`` connection."""
@@ -374,6 +398,8 @@ class PublishOperator(BaseOperator):
         output_root: str | None,
     ) -> None:
         """Delete the published work outputs, and the folders they leave empty."""
+        from airflow_pseudo.pseudonymisation.logs import printable
+
         done = {"published", "unchanged"}
         outputs = [
             Path(validation_by_source[e["source"]]["output"])
@@ -389,11 +415,12 @@ class PublishOperator(BaseOperator):
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):  # not empty: something else lives there
                 folder.rmdir()
-        self.log.info("Deleted %d published work output(s) from %s", len(outputs), root)
+        self.log.info("Deleted %d published work output(s) from %s", len(outputs), printable(root))
 
     def _archive_inputs(self, sources: list[str], manifest: list[dict[str, Any]]) -> int:
         """Move (or delete) processed inputs; return how many were handled."""
         from airflow_pseudo.incoming import RUN_FILE
+        from airflow_pseudo.pseudonymisation.logs import printable
 
         delete = _as_bool(self.delete_inputs)
         root = Path(self.input_root or os.path.commonpath([os.path.dirname(s) for s in sources]))
@@ -424,7 +451,7 @@ class PublishOperator(BaseOperator):
             "%s %d processed input(s)%s",
             "Deleted" if delete else "Archived",
             count,
-            "" if delete else f" to {self.archive_dir}",
+            "" if delete else f" to {printable(str(self.archive_dir))}",
         )
         return count
 

@@ -95,6 +95,7 @@ class ValidateOperator(_SettingsMixin, BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """Validate the outputs, quarantine failures, push records, fail on any failure."""
         from airflow_pseudo.pseudonymisation import ConfigurationError, validate_results
+        from airflow_pseudo.pseudonymisation.logs import printable
 
         try:
             workers = int(self.workers)
@@ -107,7 +108,7 @@ class ValidateOperator(_SettingsMixin, BaseOperator):
                 records, settings=settings, quarantine_dir=self.quarantine_dir, workers=workers
             )
         except ConfigurationError as exc:
-            raise AirflowFailException(f"Configuration error: {exc}") from exc
+            raise AirflowFailException(f"Configuration error: {printable(str(exc))}") from exc
         out = [v.to_dict() for v in validations]
         counts = count_statuses(out)
         self.log.info(
@@ -126,15 +127,15 @@ class ValidateOperator(_SettingsMixin, BaseOperator):
             if record["status"] == "failed":
                 self.log.error(
                     "Validation failed for %s: %s; moved to %s",
-                    record["output"],
-                    "; ".join(record["problems"]),
-                    record["quarantine"],
+                    printable(str(record["output"])),
+                    printable("; ".join(record["problems"])),
+                    printable(str(record["quarantine"])),
                 )
         if counts["failed"]:
             push_before_failing(context, out)
             # Not retried: validation is deterministic and the failing outputs are quarantined.
             raise AirflowFailException(
                 f"{counts['failed']} of {len(out)} output(s) failed validation and were "
-                f"quarantined in {self.quarantine_dir}"
+                f"quarantined in {printable(str(self.quarantine_dir))}"
             )
         return out

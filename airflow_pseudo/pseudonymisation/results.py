@@ -23,6 +23,7 @@ class FileResult:
     :param profile: the name of the profile applied.
     :param profile_digest: 16 hex digits identifying the profile's resolved rules.
     :param method_codes: the CID 7050 codes written to DeidentificationMethodCodeSequence.
+    :param seconds: wall time spent on the file (read, pseudonymise, write), to the millisecond.
     """
 
     source: str
@@ -35,6 +36,7 @@ class FileResult:
     profile: str | None = None
     profile_digest: str | None = None
     method_codes: list[str] = field(default_factory=list)
+    seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

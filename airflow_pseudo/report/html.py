@@ -174,6 +174,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         for k, v in counts.items()
     )
     notes = "".join(f'<p class="note">{_text(n)}</p>' for n in report.get("notes") or ())
+    if left := report.get("left_for_next_run"):
+        notes += (
+            f'<p class="note" id="left-for-next-run">{int(left)} settled file(s) left for the '
+            "next run (max_files)</p>"
+        )
     reasons = "".join(
         f"<tr><td>{_text(r['reason'])}</td><td class='num'>{int(r['files'])}</td></tr>"
         for r in report.get("quarantine_reasons") or ()

@@ -124,6 +124,7 @@ def build_report(
     key_id: str | None = None,
     run: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
+    left_for_next_run: int | None = None,
 ) -> dict[str, Any]:
     """Return the report as a JSON-native dict.
 
@@ -136,7 +137,9 @@ def build_report(
         ``seconds`` (duration) and ``files`` (files the task handled, if known).
     :param key_id: the fingerprint of the key (never the key).
     :param run: ``dag_id``, ``run_id`` and the like.
-    :param notes: sentences about the run as a whole, e.g. that it was capped at ``max_files``.
+    :param notes: sentences about the run as a whole.
+    :param left_for_next_run: how many settled files the run left for the next one because it
+        was capped at ``max_files`` (``None``: not known).
     """
     rows: list[dict[str, Any]] = []
     reasons: Counter[str] = Counter()
@@ -172,6 +175,7 @@ def build_report(
         ],
         "steps": [_step(step) for step in steps],
         "notes": list(notes),
+        "left_for_next_run": left_for_next_run,
         "files": rows,
     }
 

@@ -298,6 +298,27 @@ class TestDicomPseudonymiseMapped:
         assert not list((tmp_path / "incoming").rglob("*.dcm"))
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("airflow_db", "pseudo_conn")
+@pytest.mark.parametrize("dag_id", ["dicom_pseudonymise", "dicom_pseudonymise_mapped"])
+def test_capped_run_reports_the_files_left_for_the_next_run(tmp_path: Path, dag_id: str):
+    """A run capped by max_files publishes max_files and its report counts the rest, by number."""
+    conf = {**_folders(tmp_path), "max_files": 2}
+    inputs = write_corpus(tmp_path / "incoming", patients=1, instances_per_series=5)
+    _age(tmp_path / "incoming")
+    dr = _run(dag_id, conf)
+
+    assert dr.state == "success", _states(dr)
+    published = tmp_path / "published" / dr.run_id
+    assert _manifest(published / "manifest.jsonl")[-1]["published"] == 2
+    left = len(inputs) - 2
+    assert len(list((tmp_path / "incoming").rglob("*.dcm"))) == left
+    report = json.loads((published / "report.json").read_text())
+    assert report["left_for_next_run"] == left
+    page = (published / "report.html").read_text()
+    assert f"{left} settled file(s) left for the next run (max_files)" in page
+
+
 def test_mapped_batches_stay_under_max_map_length():
     """Batches are enlarged when batch_size would exceed [core] max_map_length."""
     from airflow_pseudo.operators.ingest import split_batches

@@ -12,7 +12,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airflow_pseudo.incoming import CLAIMS_FILE, RUN_FILE
-from airflow_pseudo.operators.ingest import IngestOperator
+from airflow_pseudo.operators.ingest import LEFT_FOR_NEXT_RUN_KEY, IngestOperator
 
 CONN_VAR = "AIRFLOW_CONN_PSEUDO_DEFAULT"
 
@@ -40,6 +40,16 @@ def _context() -> Any:
     return {"run_id": "run1"}
 
 
+class RecordingTI:
+    """Collects what a task pushes to XCom, standing in for the task instance in the context."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
 @pytest.mark.usefixtures("pseudo_conn")
 class TestClaiming:
     def test_claims_every_settled_file_under_neutral_names(self, tmp_path: Path):
@@ -57,12 +67,22 @@ class TestClaiming:
     ):
         """A capped run takes max_files and says how many wait for the next run (no names)."""
         _incoming(tmp_path, 5)
-        claimed = _op(tmp_path, max_files="2").execute(_context())
+        ti = RecordingTI()
+        claimed = _op(tmp_path, max_files="2").execute({"run_id": "run1", "ti": ti})
         assert len(claimed) == 2
         assert len(list((tmp_path / "incoming").rglob("*.dcm"))) == 3
         out = capfd.readouterr().out
         assert "3 settled file(s) left in the incoming folder for the next run" in out
         assert "Doe" not in out
+        # The count (a number, no names) goes to XCom for the run report.
+        assert ti.pushed == {LEFT_FOR_NEXT_RUN_KEY: 3}
+
+    def test_an_uncapped_run_leaves_nothing(self, tmp_path: Path):
+        """Without a cap every settled file is claimed: zero left, still pushed as a number."""
+        _incoming(tmp_path, 3)
+        ti = RecordingTI()
+        assert len(_op(tmp_path).execute({"run_id": "run1", "ti": ti})) == 3
+        assert ti.pushed == {LEFT_FOR_NEXT_RUN_KEY: 0}
 
     def test_min_files_claims_nothing_below_the_minimum(self, tmp_path: Path):
         """Fewer settled files than min_files: nothing is claimed and the task is skipped."""
@@ -133,6 +153,16 @@ class TestChecksBeforeClaiming:
     def test_missing_incoming_folder(self, tmp_path: Path):
         with pytest.raises(AirflowFailException, match="does not exist"):
             _op(tmp_path).execute(_context())
+
+    @pytest.mark.usefixtures("pseudo_conn")
+    def test_folder_names_in_errors_are_escaped(self, tmp_path: Path):
+        """A newline or an ANSI escape in a folder name is escaped in the task's error."""
+        folder = tmp_path / "in\ncoming\x1b[2J"
+        with pytest.raises(AirflowFailException, match="does not exist") as failure:
+            _op(tmp_path, incoming_dir=str(folder)).execute(_context())
+        message = str(failure.value)
+        assert "\n" not in message and "\x1b" not in message
+        assert "in\\ncoming\\x1b[2J" in message
 
     def test_check_can_be_turned_off(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         """pseudo_conn_id=None claims without a connection (e.g. a key-less strategy)."""

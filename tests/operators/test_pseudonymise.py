@@ -140,6 +140,32 @@ class TestFailurePolicy:
         assert [r["status"] for r in records].count("skipped") == 1
 
 
+@pytest.mark.usefixtures("pseudo_conn")
+def test_control_characters_in_names_are_escaped_in_logs_and_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+):
+    """A newline or an ANSI escape in a file or folder name never reaches a log line raw."""
+    forged = "evil\n\x1b[31mFORGED line.dcm"
+    folder = tmp_path / "in\x1b[2Jcoming"
+    write_corpus(folder, patients=1, series_per_study=1, instances_per_series=1)
+    bad = _bad_file(folder / forged)
+    op = _op(input_path=str(folder), output_dir=str(tmp_path / "out\nput"))
+    with caplog.at_level("DEBUG"), pytest.raises(AirflowFailException) as failure:
+        op.execute({"ti": RecordingTI()})  # type: ignore[arg-type,typeddict-item]
+
+    captured = capfd.readouterr()
+    logged = "\n".join([caplog.text, captured.out, captured.err])
+    assert "Failed: " in logged  # the failed file was logged...
+    assert "evil\\n\\x1b[31mFORGED line.dcm" in logged  # ...under its escaped name
+    assert "in\\x1b[2Jcoming" in logged
+    for text in (logged, str(failure.value)):
+        assert "\x1b" not in text
+        assert not any(line.startswith("[31mFORGED") for line in text.splitlines())
+    assert "out\\nput" in str(failure.value)
+    assert "\n" not in str(failure.value)
+    assert bad.exists()  # the input itself is left alone
+
+
 class TestConfigurationErrors:
     """Configuration errors fail the task without retrying."""
 

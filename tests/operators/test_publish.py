@@ -230,6 +230,40 @@ def test_writes_the_run_report_beside_the_manifest(
         assert leaked == []
 
 
+def test_report_shows_the_seconds_each_file_took(tmp_path: Path, run: dict[str, Any]):
+    """The per-file time column holds what the pseudonymise records measured, per row."""
+    from html.parser import HTMLParser
+
+    _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    report = json.loads((tmp_path / "published" / "report.json").read_text())
+    measured = sorted(r["seconds"] for r in run["pseudo"])
+    assert all(isinstance(s, float) for s in measured)
+    assert sorted(row["seconds"] for row in report["files"]) == measured
+
+    class LastCells(HTMLParser):
+        """The text of the last cell (Seconds) of each file row."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.cells: list[str] = []
+            self.in_file_row = False
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "tr":
+                self.in_file_row = dict(attrs).get("class") == "file"
+            elif tag == "td" and self.in_file_row:
+                self.cells.append("")
+
+        def handle_data(self, data: str) -> None:
+            if self.in_file_row and self.cells:
+                self.cells[-1] += data
+
+    parser = LastCells()
+    parser.feed((tmp_path / "published" / "report.html").read_text())
+    seconds = parser.cells[6::7]  # seven columns: #, name, status, reason, changes, engine, time
+    assert sorted(float(s) for s in seconds) == measured
+
+
 def test_report_without_a_connection_has_no_key_id(tmp_path: Path, run: dict[str, Any]):
     _publish(tmp_path, run, pseudo_conn_id=None).execute({})  # type: ignore[arg-type]
     assert json.loads((tmp_path / "published" / "report.json").read_text())["key_id"] is None

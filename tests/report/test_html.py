@@ -59,3 +59,13 @@ def test_key_id_and_rate_are_shown():
     page = render_html(_report())
     assert "<dt>Key id</dt><dd>abc</dd>" in page
     assert "2.0/s" in page
+
+
+def test_files_left_for_the_next_run_are_noted():
+    """The count of files a capped run left is shown at the top; nothing is said when none."""
+    files = [{"source": "/in/p.dcm", "output": "/o/2.25.1.dcm", "status": "published"}]
+    capped = render_html(build_report(files, counts={"published": 1}, left_for_next_run=4))
+    assert "4 settled file(s) left for the next run (max_files)" in capped
+    for left in (0, None):
+        page = render_html(build_report(files, counts={"published": 1}, left_for_next_run=left))
+        assert "left for the next run" not in page

@@ -141,3 +141,9 @@ def test_write_report(tmp_path: Path):
     assert (json_path, html_path) == (tmp_path / REPORT_JSON, tmp_path / REPORT_HTML)
     assert json.loads(json_path.read_text())["counts"]["published"] == 1
     assert html_path.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_files_left_for_the_next_run_are_a_number():
+    """A run capped at max_files says how many settled files wait, as a count (never names)."""
+    assert build_report(_files(), counts={}, left_for_next_run=7)["left_for_next_run"] == 7
+    assert build_report(_files(), counts={})["left_for_next_run"] is None

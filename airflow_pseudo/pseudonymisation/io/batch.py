@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
@@ -208,6 +209,13 @@ class _FileJob:
         return _StagedChunk(self, staged, durability=settings.durability)
 
     def _stage(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile | None]:
+        """Pseudonymise one file into an unnamed output; its record carries the time it took."""
+        started = time.perf_counter()
+        result, file = self._stage_timed(source, settings)
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result, file
+
+    def _stage_timed(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile | None]:
         with pydicom_messages_by_tag():
             try:
                 fd = self.inputs.open(source)
@@ -235,13 +243,17 @@ class _FileJob:
         try:
             file.commit(release_pages=durable)
         except Exception as exc:
-            return self._failed_reopened(result.source, exc)
+            failed = self._failed_reopened(result.source, exc)
+            failed.seconds = result.seconds
+            return failed
         return result
 
     def not_durable(self, result: FileResult, exc: OSError) -> FileResult:
         """The record of an output never named: the sync meant to make it durable failed."""
         reason = OSError(exc.errno, f"the output could not be synced: {exc.strerror}")
-        return self._failed_reopened(result.source, reason)
+        failed = self._failed_reopened(result.source, reason)
+        failed.seconds = result.seconds
+        return failed
 
     def _failed(self, source: str, exc: Exception, *, copy_from: int | None = None) -> FileResult:
         """A failed record; a copy of the open input (if any) goes to the quarantine."""

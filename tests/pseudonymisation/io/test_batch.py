@@ -212,6 +212,28 @@ class TestWorkers:
         for rel in files1:
             assert (out1 / rel).read_bytes() == (out2 / rel).read_bytes()
 
+    @pytest.mark.parametrize(
+        ("engine", "workers"), [("auto", 1), ("reference", 1), ("auto", 2), ("reference", 2)]
+    )
+    def test_each_record_carries_the_time_spent_on_its_file(
+        self, corpus: Path, settings: Settings, tmp_path: Path, engine: str, workers: int
+    ):
+        """Every record, ok or failed, in either engine and in workers, holds its seconds."""
+        add_problem_files(corpus)
+        chosen = dataclasses.replace(settings, engine=engine)
+        results = pseudonymise_directory(corpus, tmp_path / "out", settings=chosen, workers=workers)
+        assert {r.engine for r in results if r.status == "ok"} == {
+            "fast" if engine == "auto" else "reference"
+        }
+        assert {r.status for r in results} == {"ok", "skipped", "failed"}
+        for result in results:
+            assert isinstance(result.seconds, float)
+            assert 0 <= result.seconds < 60
+            assert result.seconds == round(result.seconds, 3)  # to the millisecond
+        # Parsing and writing a file takes time: not every record can round to zero.
+        assert any(r.seconds for r in results if r.status == "ok")
+        assert json.loads(json.dumps(results[0].to_dict()))["seconds"] == results[0].seconds
+
     @pytest.mark.parametrize("durability", ["batch", "file", "none"])
     def test_durability_modes_write_the_same_outputs(
         self, corpus: Path, settings: Settings, tmp_path: Path, durability: str
