@@ -22,10 +22,9 @@ import heapq
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import ahocorasick
 from pydicom.charset import convert_encodings
@@ -203,16 +202,14 @@ def is_registered_uid(uid: str) -> bool:
     return uid in UID_dictionary or uid.startswith(DICOM_ROOT)
 
 
-@dataclass(frozen=True)
-class Identifier:
+class Identifier(NamedTuple):
     """One identifying value of the original, and what kind of identifier it is."""
 
     kind: Kind
     value: str
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """Where an identifier occurs in searched data (offsets in the data searched, end exclusive).
 
     :param ambiguous: the value is too short or too common to prove a leak alone; report it only
@@ -225,8 +222,7 @@ class Finding:
     ambiguous: bool = False
 
 
-@dataclass(frozen=True)
-class _Needle:
+class _Needle(NamedTuple):
     kind: Kind
     length: int
     ambiguous: bool
