@@ -432,9 +432,14 @@ def _merge(first: tuple[_Needle, ...], second: tuple[_Needle, ...]) -> tuple[_Ne
 
 def encodings_for(specific_character_set: Any) -> tuple[str, ...]:
     """The Python codecs a file's SpecificCharacterSet implies (ASCII always among them)."""
-    terms = [str(t) for t in _as_list(specific_character_set) if t is not None]
+    return _codecs(tuple(str(t) for t in _as_list(specific_character_set) if t is not None))
+
+
+@lru_cache(maxsize=256)
+def _codecs(terms: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`encodings_for`, remembered: a run's files share a few character sets."""
     try:
-        codecs = convert_encodings(terms or ["ISO_IR 6"])
+        codecs = convert_encodings(list(terms) or ["ISO_IR 6"])
     except Exception:
         codecs = ["iso8859"]
     return tuple(dict.fromkeys(["ascii", *codecs]))
