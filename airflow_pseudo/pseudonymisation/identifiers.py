@@ -47,9 +47,6 @@ __all__ = [
 
 Kind = Literal["name", "id", "date", "uid", "path", "address", "phone", "institution"]
 
-DICOM_ROOT = "1.2.840.10008."
-"""UIDs under the standard's own root name things of the standard, never a patient's data."""
-
 MIN_COMPONENT_LENGTH = 2
 """Shorter name components (initials) are searched for only within the whole name."""
 MIN_DISTINCT_NAME_LENGTH = 4
@@ -151,7 +148,11 @@ _KIND_ORDER: tuple[Kind, ...] = (
     "institution",
     "path",
 )
-# UID attributes that name a scheme, a class or an implementation, never an instance's data.
+# UID attributes that name a coding scheme, a context group, a template, a mapping resource,
+# a class, a transfer syntax or an implementation: what every patient's files share, never an
+# instance. Their values are not searched for, whatever they are: an attribute's kind decides,
+# not the profile (which remaps every UID that pydicom's dictionary does not list, these too;
+# an output holding one of them proves nothing about the patient).
 _SCHEME_UID_KEYWORDS = frozenset(
     {
         "CodingSchemeUID",
@@ -198,8 +199,12 @@ def keyword_kind(keyword: str) -> Kind | None:
 
 
 def is_registered_uid(uid: str) -> bool:
-    """Whether a UID is the standard's own (SOP class, transfer syntax, coding scheme...)."""
-    return uid in UID_dictionary or uid.startswith(DICOM_ROOT)
+    """Whether a UID is the standard's own (SOP class, transfer syntax, coding scheme...).
+
+    Only pydicom's UID dictionary decides: a UID under the DICOM root ``1.2.840.10008.`` that it
+    does not list (an instance UID made by a careless sender, say) is searched for like any other.
+    """
+    return uid in UID_dictionary
 
 
 class Identifier(NamedTuple):
