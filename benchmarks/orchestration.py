@@ -47,7 +47,7 @@ DAG_FILE = REPO_ROOT / "dags" / f"{DAG_ID}.py"
 OVERHEAD_LIMIT_S = 60.0
 """The issue's target: the DAG may take at most this much longer than the CLI."""
 DEFAULT_FILES = 10_000
-DEFAULT_BATCH_SIZE = 200
+DEFAULT_BATCH_SIZE = 1000
 """The mapped DAG's own default ``batch_size`` param."""
 TASK_ORDER = ("wait", "ingest", "pseudonymise", "validate", "publish")
 LOG_TAIL_CHARS = 4000

@@ -52,7 +52,7 @@ PARAMS = {
     ),
     "max_files": Param(20000, type="integer", minimum=1, description="Files taken per run"),
     "marker": Param(None, type=["null", "string"], description="e.g. _SUCCESS"),
-    "batch_size": Param(200, type="integer", minimum=1, description="Files per mapped task"),
+    "batch_size": Param(1000, type="integer", minimum=1, description="Files per mapped task"),
     "max_failed_files": Param(0, type="integer", minimum=0, description="Per batch"),
     "workers": Param(1, type="integer", minimum=1, description="Processes per batch"),
     "delete_inputs": Param(False, type="boolean", description="Delete instead of archive"),

@@ -18,13 +18,13 @@ supporting context (a person-name attribute, a whole value) before reporting the
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import ahocorasick
 from pydicom.charset import convert_encodings
@@ -46,9 +46,6 @@ __all__ = [
 ]
 
 Kind = Literal["name", "id", "date", "uid", "path", "address", "phone", "institution"]
-
-DICOM_ROOT = "1.2.840.10008."
-"""UIDs under the standard's own root name things of the standard, never a patient's data."""
 
 MIN_COMPONENT_LENGTH = 2
 """Shorter name components (initials) are searched for only within the whole name."""
@@ -136,6 +133,10 @@ _KEYWORD_KINDS: dict[str, Kind] = {
 # Kinds that match as whole tokens (digits never inside a longer number or a UID); the other
 # kinds match on word boundaries.
 _TOKEN_KINDS = frozenset({"id", "date", "uid", "phone"})
+_INSTANCE_KINDS = frozenset({"uid", "path"})
+"""Kinds whose values differ from one instance to the next (its UIDs, its file name); the other
+kinds are the patient's, and every instance of a study repeats them, so their matcher is compiled
+once and reused (:func:`_shared_matcher`)."""
 # When one needle has several kinds, the report names the most specific.
 _KIND_ORDER: tuple[Kind, ...] = (
     "name",
@@ -147,7 +148,11 @@ _KIND_ORDER: tuple[Kind, ...] = (
     "institution",
     "path",
 )
-# UID attributes that name a scheme, a class or an implementation, never an instance's data.
+# UID attributes that name a coding scheme, a context group, a template, a mapping resource,
+# a class, a transfer syntax or an implementation: what every patient's files share, never an
+# instance. Their values are not searched for, whatever they are: an attribute's kind decides,
+# not the profile (which remaps every UID that pydicom's dictionary does not list, these too;
+# an output holding one of them proves nothing about the patient).
 _SCHEME_UID_KEYWORDS = frozenset(
     {
         "CodingSchemeUID",
@@ -194,20 +199,22 @@ def keyword_kind(keyword: str) -> Kind | None:
 
 
 def is_registered_uid(uid: str) -> bool:
-    """Whether a UID is the standard's own (SOP class, transfer syntax, coding scheme...)."""
-    return uid in UID_dictionary or uid.startswith(DICOM_ROOT)
+    """Whether a UID is the standard's own (SOP class, transfer syntax, coding scheme...).
+
+    Only pydicom's UID dictionary decides: a UID under the DICOM root ``1.2.840.10008.`` that it
+    does not list (an instance UID made by a careless sender, say) is searched for like any other.
+    """
+    return uid in UID_dictionary
 
 
-@dataclass(frozen=True)
-class Identifier:
+class Identifier(NamedTuple):
     """One identifying value of the original, and what kind of identifier it is."""
 
     kind: Kind
     value: str
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """Where an identifier occurs in searched data (offsets in the data searched, end exclusive).
 
     :param ambiguous: the value is too short or too common to prove a leak alone; report it only
@@ -220,8 +227,7 @@ class Finding:
     ambiguous: bool = False
 
 
-@dataclass(frozen=True)
-class _Needle:
+class _Needle(NamedTuple):
     kind: Kind
     length: int
     ambiguous: bool
@@ -235,12 +241,11 @@ class InstanceIdentifiers:
 
     def __init__(self, identifiers: Iterable[Identifier]) -> None:
         self.identifiers: tuple[Identifier, ...] = tuple(dict.fromkeys(identifiers))
-        needles: dict[str, dict[tuple[Kind, bool], None]] = {}
-        for identifier in self.identifiers:
-            for needle, ambiguous in _cached_needles(identifier):
-                needles.setdefault(needle, {})[identifier.kind, ambiguous] = None
-        self._needles = tuple((n, tuple(kinds)) for n, kinds in needles.items())
-        self._automata: dict[tuple[str, ...], Any] = {}
+        shared = tuple(i for i in self.identifiers if i.kind not in _INSTANCE_KINDS)
+        own = tuple(i for i in self.identifiers if i.kind in _INSTANCE_KINDS)
+        self._shared = _shared_matcher(shared)
+        self._own = _Matcher(own)
+        self._automata: dict[tuple[str, ...], tuple[Any, Any, frozenset[str]]] = {}
 
     @classmethod
     def from_dataset(
@@ -308,21 +313,15 @@ class InstanceIdentifiers:
         """
         key = tuple(encodings) if encodings is not None else ()
         haystack = text if lowered else _lower_same_length(text)
-        size = len(haystack)
-        if not self._needles:
-            return
-        if key not in self._automata:
-            self._automata[key] = _automaton(self._needles, key)
-        automaton = self._automata[key]
-        if automaton is None:
-            return
-        for last, needles in automaton.iter(haystack):
-            for needle in needles:
-                start = last + 1 - needle.length
-                token = needle.kind in _TOKEN_KINDS
-                if _bounded(haystack, start, last + 1, size, token=token, raw=bool(key)):
-                    yield Finding(needle.kind, start, last + 1, needle.ambiguous)
-                    break
+        automata = self._automata.get(key)
+        if automata is None:
+            automata = self._automata[key] = self._own.automaton_beside(self._shared, key)
+        own, shared, overridden = automata
+        yield from heapq.merge(
+            _findings(own, haystack, frozenset(), raw=bool(key)),
+            _findings(shared, haystack, overridden, raw=bool(key)),
+            key=lambda finding: finding.end,
+        )
 
     def clean_text(self, text: str) -> str:
         """Return ``text`` with every identifying value removed (ambiguous ones included)."""
@@ -339,20 +338,84 @@ class InstanceIdentifiers:
         return re.sub(r"\s{2,}", " ", "".join(kept)).strip()
 
 
-def _automaton(
+def _findings(
+    automaton: Any, haystack: str, skipped: frozenset[str], *, raw: bool
+) -> Iterator[Finding]:
+    """The automaton's matches that stand alone, in the order they end, one kind per match."""
+    if automaton is None:
+        return
+    size = len(haystack)
+    for last, (form, needles) in automaton.iter(haystack):
+        if form in skipped:
+            continue  # the instance's automaton holds this form, with every kind
+        for needle in needles:
+            start = last + 1 - needle.length
+            token = needle.kind in _TOKEN_KINDS
+            if _bounded(haystack, start, last + 1, size, token=token, raw=raw):
+                yield Finding(needle.kind, start, last + 1, needle.ambiguous)
+                break
+
+
+class _Matcher:
+    """Needles of some identifiers, and their automata per set of encodings (built once)."""
+
+    def __init__(self, identifiers: Iterable[Identifier]) -> None:
+        needles: dict[str, dict[tuple[Kind, bool], None]] = {}
+        for identifier in identifiers:
+            for needle, ambiguous in _cached_needles(identifier):
+                needles.setdefault(needle, {})[identifier.kind, ambiguous] = None
+        self.needles = tuple((n, tuple(kinds)) for n, kinds in needles.items())
+        self._compiled: dict[tuple[str, ...], tuple[dict[str, tuple[_Needle, ...]], Any]] = {}
+
+    def compiled(self, encodings: tuple[str, ...]) -> tuple[dict[str, tuple[_Needle, ...]], Any]:
+        """Every searched form with its ranked kinds, and one automaton over them."""
+        compiled = self._compiled.get(encodings)
+        if compiled is None:
+            forms = _merged_forms(self.needles, encodings)
+            compiled = self._compiled[encodings] = (forms, _automaton(forms))
+        return compiled
+
+    def automaton_beside(
+        self, shared: _Matcher, encodings: tuple[str, ...]
+    ) -> tuple[Any, Any, frozenset[str]]:
+        """This matcher's automaton and ``shared``'s, searched together as one would be.
+
+        A form both hold is searched in this one only, with the kinds of both ranked together.
+        :returns: this automaton, the shared one, and the forms to skip in the shared one.
+        """
+        shared_forms, shared_automaton = shared.compiled(encodings)
+        forms = _merged_forms(self.needles, encodings)
+        overridden = frozenset(form for form in forms if form in shared_forms)
+        for form in overridden:
+            forms[form] = _merge(forms[form], shared_forms[form])
+        return _automaton(forms), shared_automaton, overridden
+
+
+@lru_cache(maxsize=64)
+def _shared_matcher(identifiers: tuple[Identifier, ...]) -> _Matcher:
+    """A patient's matcher, remembered: every instance of a study repeats its identifiers."""
+    return _Matcher(identifiers)
+
+
+def _merged_forms(
     needles: Iterable[tuple[str, tuple[tuple[Kind, bool], ...]]], encodings: tuple[str, ...]
-) -> Any:
-    """One automaton over every needle, in every encoding."""
+) -> dict[str, tuple[_Needle, ...]]:
+    """Each searched form of every needle, in every encoding, with its ranked kinds."""
     merged: dict[str, tuple[_Needle, ...]] = {}
     for needle, kinds in needles:
         for form, ranked in _forms(needle, kinds, encodings):
             known = merged.get(form)
             merged[form] = ranked if known is None else _merge(known, ranked)
-    if not merged:
-        return None  # nothing can be written in these encodings
+    return merged
+
+
+def _automaton(forms: dict[str, tuple[_Needle, ...]]) -> Any:
+    """One automaton over the forms, or ``None`` when there is none to search."""
+    if not forms:
+        return None
     automaton = ahocorasick.Automaton()
-    for form, ranked in merged.items():
-        automaton.add_word(form, ranked)
+    for form, ranked in forms.items():
+        automaton.add_word(form, (form, ranked))
     automaton.make_automaton()
     return automaton
 
@@ -374,9 +437,14 @@ def _merge(first: tuple[_Needle, ...], second: tuple[_Needle, ...]) -> tuple[_Ne
 
 def encodings_for(specific_character_set: Any) -> tuple[str, ...]:
     """The Python codecs a file's SpecificCharacterSet implies (ASCII always among them)."""
-    terms = [str(t) for t in _as_list(specific_character_set) if t is not None]
+    return _codecs(tuple(str(t) for t in _as_list(specific_character_set) if t is not None))
+
+
+@lru_cache(maxsize=256)
+def _codecs(terms: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`encodings_for`, remembered: a run's files share a few character sets."""
     try:
-        codecs = convert_encodings(terms or ["ISO_IR 6"])
+        codecs = convert_encodings(list(terms) or ["ISO_IR 6"])
     except Exception:
         codecs = ["iso8859"]
     return tuple(dict.fromkeys(["ascii", *codecs]))

@@ -132,3 +132,16 @@ def _patient(name: str, patient_id: str, birth_date: str = "") -> Dataset:
     if birth_date:
         dataset.PatientBirthDate = birth_date
     return dataset
+
+
+def test_a_value_of_the_patient_and_of_the_instance_is_found_once_as_the_most_specific_kind():
+    """A folder named after the PatientID: one finding, an ID, as if one automaton held both."""
+    identifiers = InstanceIdentifiers(
+        [Identifier("id", "12345678"), Identifier("path", "12345678")]
+    )
+    assert _found(identifiers, "folder 12345678 here") == [("id", "12345678", False)]
+    other = InstanceIdentifiers([Identifier("id", "12345678"), Identifier("uid", "1.2.3.4")])
+    assert _found(other, "12345678 1.2.3.4") == [
+        ("id", "12345678", False),
+        ("uid", "1.2.3.4", False),
+    ]

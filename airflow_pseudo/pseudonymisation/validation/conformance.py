@@ -17,7 +17,12 @@ from pydicom.valuerep import validate_value
 from airflow_pseudo.pseudonymisation.engine import TOOL_NAME
 from airflow_pseudo.pseudonymisation.sources import MAX_UID_LENGTH, UID_PATTERN
 from airflow_pseudo.pseudonymisation.validation.layout import Layout
-from airflow_pseudo.pseudonymisation.validation.values import TEXT_PADDING, text, texts
+from airflow_pseudo.pseudonymisation.validation.values import (
+    TEXT_PADDING,
+    decoded_values,
+    text,
+    texts,
+)
 
 RETAIN_SAFE_PRIVATE_CODE = "113111"
 MODIFIED_DATES_CODE = "113107"
@@ -63,12 +68,31 @@ def value_problems(layout: Layout, written: Callable[[int], bool]) -> Iterator[s
 
     :param written: whether the tool writes the value of an element with this tag.
     """
+    terms = tuple(layout.specific_character_set())
     for element in layout.elements:
         if element.vr not in CHECKED_VRS or not written(element.tag):
             continue
-        values = tuple(texts(layout, element))
-        if not all(_valid(element.vr, value) for value in values if value):
+        raw = layout.raw(element)
+        if len(raw) <= _REMEMBERED_LENGTH:
+            valid = _valid_raw(element.vr, raw, terms)
+        else:
+            valid = _all_valid(element.vr, raw, terms)
+        if not valid:
             yield f"invalid {element.vr} value in {element.name}"
+
+
+_REMEMBERED_LENGTH = 256
+"""Values up to this size are remembered by their bytes: dates, codes and names recur."""
+
+
+def _all_valid(vr: str, raw: bytes, terms: tuple[str, ...]) -> bool:
+    return all(_valid(vr, value) for value in decoded_values(raw, vr, terms) if value)
+
+
+@lru_cache(maxsize=16384)
+def _valid_raw(vr: str, raw: bytes, terms: tuple[str, ...]) -> bool:
+    """:func:`_all_valid`, remembered by the value's bytes and the file's character set."""
+    return _all_valid(vr, raw, terms)
 
 
 @lru_cache(maxsize=16384)

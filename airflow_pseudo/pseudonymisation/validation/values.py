@@ -25,6 +25,19 @@ def texts(layout: Layout, element: Element | None) -> list[str]:
     return _decoded(raw, tuple(layout.specific_character_set()))
 
 
+def decoded_values(raw: bytes, vr: str, terms: tuple[str, ...]) -> list[str]:
+    """The values of a text element's raw bytes, as :func:`texts` decodes them.
+
+    :param terms: the file's SpecificCharacterSet terms.
+    """
+    raw = raw.rstrip(TEXT_PADDING)
+    if not raw:
+        return []
+    if raw.isascii() or vr not in _DECODED_VRS:
+        return _split(raw.decode("latin-1"))
+    return _decoded(raw, terms)
+
+
 def _split(text: str) -> list[str]:
     return [value.strip("\x00 ") for value in text.split("\\")]
 

@@ -106,6 +106,40 @@ def test_doctored_outputs_fail_naming_attribute_and_kind(
         assert not any(value in problem for problem in problems)
 
 
+def test_an_instance_uid_under_the_dicom_root_restored_in_the_output_fails(
+    pseudonymiser: Pseudonymiser,
+):
+    """Only pydicom's UID dictionary makes a UID registered: an instance UID that merely starts
+    with the DICOM root is remapped by the pseudonymiser, and searched for by the validator."""
+    original = make_instance("ct", patient=1)
+    original.SOPInstanceUID = "1.2.840.10008.999.4242.7"
+    original.file_meta.MediaStorageSOPInstanceUID = original.SOPInstanceUID
+    output = pseudonymiser.pseudonymise_dataset(original)[0]
+    assert output.SOPInstanceUID != original.SOPInstanceUID
+    assert validate_dataset(original, output, pseudonymiser) == []
+    _uid_deep_in_sequence(original, output)
+    problems = validate_dataset(original, output, pseudonymiser)
+    assert (
+        "a UID of the original found in "
+        "SourceImageSequence > ReferencedImageSequence > ReferencedSOPInstanceUID"
+    ) in problems
+    assert not any(original.SOPInstanceUID in problem for problem in problems)
+
+
+def test_scheme_and_class_uids_are_not_evidence(pseudonymiser: Pseudonymiser):
+    """A coding scheme, context group or class UID names what every patient's files share:
+    found in the output, under the DICOM root or not, it proves nothing."""
+    original = make_instance("ct", patient=1)
+    code = _code_item("Chest")
+    code.CodingSchemeUID = "2.16.840.1.113883.6.96"
+    code.ContextUID = "1.2.840.10008.6.1.4242"
+    original.AnatomicRegionSequence = [code]
+    output = pseudonymiser.pseudonymise_dataset(original)[0]
+    output.AnatomicRegionSequence[0].CodingSchemeUID = code.CodingSchemeUID
+    output.AnatomicRegionSequence[0].ContextUID = code.ContextUID
+    assert validate_dataset(original, output, pseudonymiser) == []
+
+
 def test_a_name_in_the_jpeg_comment_of_a_frame_is_found(pseudonymiser: Pseudonymiser):
     """The non-image segments of encapsulated frames are searched; the image data is not."""
     from pydicom.encaps import encapsulate, generate_frames
