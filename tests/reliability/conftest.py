@@ -10,7 +10,8 @@ import contextlib
 import hashlib
 import os
 import struct
-from collections.abc import Callable, Iterable
+import subprocess
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,29 @@ def rel() -> Any:
     import sys
 
     return sys.modules[__name__]
+
+
+@pytest.fixture
+def mount_tmpfs() -> Iterator[Callable[[Path, str], Path]]:
+    """Mount size-limited tmpfs file systems (root only, as in CI; skip elsewhere), each
+    unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(mount_point: Path, size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a size-limited tmpfs needs root (CI runs these tests as root)")
+        mount_point.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(mount_point)
+        return mount_point
+
+    yield mount
+    for mount_point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

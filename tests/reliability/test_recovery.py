@@ -21,6 +21,7 @@ import shutil
 import stat
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -302,26 +303,9 @@ def test_keep_outputs_keeps_work_outputs(tmp_path: Path):
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path):
+def small_tmpfs(tmp_path: Path, mount_tmpfs: Callable[[Path, str], Path]) -> Path:
     """A 64 KiB tmpfs (root only, as in CI), unmounted afterwards."""
-    import subprocess
-
-    mountpoint = tmp_path / "work" / "output"
-    mountpoint.mkdir(parents=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root (the CI runs tests as root)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+    return mount_tmpfs(tmp_path / "work" / "output", "64k")
 
 
 @pytest.mark.usefixtures("pseudo_conn")
