@@ -14,7 +14,7 @@ from airflow_pseudo.pseudonymisation import (
     keyword_profile,
     pymedphys_profile,
 )
-from airflow_pseudo.pseudonymisation._ps315_table import ROWS
+from airflow_pseudo.pseudonymisation.policy.tables.ps315 import ROWS
 
 
 def action(profile, keyword: str) -> Action:  # type: ignore[no-untyped-def]

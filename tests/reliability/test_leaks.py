@@ -24,8 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from airflow_pseudo.pseudonymisation import Settings, pseudonymise_directory
-from airflow_pseudo.pseudonymisation._ps315_table import ROWS
 from airflow_pseudo.pseudonymisation.policy.profile import Action, resolve_profile
+from airflow_pseudo.pseudonymisation.policy.tables.ps315 import ROWS
 from airflow_pseudo.testing import FakePatient, make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

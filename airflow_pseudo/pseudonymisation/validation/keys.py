@@ -16,7 +16,7 @@ from pydicom.dataelem import DataElement
 from pydicom.tag import BaseTag
 
 from airflow_pseudo.pseudonymisation.engine import ChangeCounts, Pseudonymiser
-from airflow_pseudo.pseudonymisation.profiles import Action
+from airflow_pseudo.pseudonymisation.policy.profile import Action
 from airflow_pseudo.pseudonymisation.strategies import PseudonymContext
 from airflow_pseudo.pseudonymisation.validation.layout import Layout
 from airflow_pseudo.pseudonymisation.validation.values import text

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from airflow_pseudo.pseudonymisation.errors import MissingKeyError
-from airflow_pseudo.pseudonymisation.profiles import Action, Profile
+from airflow_pseudo.pseudonymisation.policy.profile import Action, Profile
 from airflow_pseudo.pseudonymisation.strategies import keep_value, pseudonymisation_dispatch
 from airflow_pseudo.pseudonymisation.validation.conformance import (
     MARKER_TAGS,
@@ -40,7 +40,7 @@ from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
 
 if TYPE_CHECKING:
     from airflow_pseudo.pseudonymisation.engine import Pseudonymiser
-    from airflow_pseudo.pseudonymisation.settings import Settings
+    from airflow_pseudo.pseudonymisation.policy.recipe import Settings
 
 KeyChecks = Literal["passed", "failed", "skipped"]
 _ANCHOR_TAGS = frozenset(ANCHORS.values())
