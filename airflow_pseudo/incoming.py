@@ -23,9 +23,11 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 __all__ = [
     "CLAIMS_FILE",
@@ -52,6 +54,9 @@ _NEUTRAL_NAME = re.compile(r"(\d{6,})(\.[a-z]+)?")
 #: Files holding original names, or PHI-bearing inputs, are readable by their owner only.
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_FOLDER_MODE = 0o700
+
+#: Files claimed per journal write: their entries reach the disk with one ``fsync``.
+CLAIM_CHUNK = 512
 
 #: Suffixes of files still being written by a producer; never reported as settled.
 IGNORED_SUFFIXES: tuple[str, ...] = (".part", ".tmp", ".partial", ".crdownload")
@@ -201,20 +206,21 @@ class _ClaimsJournal:
     """
     The ``claims.jsonl`` of one staging folder: neutral name -> original relative path.
 
-    Each entry is appended and flushed to disk before the file is moved, so a crash in between
+    Entries are appended and flushed to disk before their files are moved, so a crash in between
     never loses an original name; :meth:`compact` then drops the entries of files this folder does
     not hold (taken by another run, or moved away), so the file lists only this run's claims.
+    Entries are written in chunks of :data:`CLAIM_CHUNK`, one ``fsync`` per chunk.
     """
 
     def __init__(self, staging: Path) -> None:
         self.staging = staging
         self.path = staging / CLAIMS_FILE
         self.entries: dict[str, dict[str, Any]] = {}
+        self._claimed: dict[str, str] = {}
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
-                    entry = json.loads(line)
-                    self.entries[entry["claimed"]] = entry
+                    self._add(json.loads(line))
         self._next = 1 + max(
             (int(m[1]) for name in self.entries if (m := _NEUTRAL_NAME.fullmatch(name))),
             default=0,
@@ -230,22 +236,34 @@ class _ClaimsJournal:
     def __exit__(self, *exc_info: object) -> None:
         os.close(self._fd)
 
+    def _add(self, entry: dict[str, Any]) -> None:
+        self.entries[entry["claimed"]] = entry
+        if "adopted_from" not in entry:
+            self._claimed.setdefault(entry["original"], entry["claimed"])
+
     def claimed_as(self, original: str) -> str | None:
         """Return the neutral name this folder gave ``original`` when claiming it from incoming."""
-        for name, entry in self.entries.items():
-            if entry["original"] == original and "adopted_from" not in entry:
-                return name
-        return None
+        name = self._claimed.get(original)
+        return name if name is not None and name in self.entries else None
 
-    def record(self, original: str, suffix: str, **extra: str) -> str:
-        """Give ``original`` a new neutral name and write the entry to disk; return the name."""
-        name = f"{self._next:06d}{suffix if suffix in _KEPT_SUFFIXES else ''}"
-        self._next += 1
-        entry = {"claimed": name, "original": original, **extra}
-        self.entries[name] = entry
-        os.write(self._fd, (json.dumps(entry) + "\n").encode("utf-8"))
-        os.fsync(self._fd)
-        return name
+    def record(self, originals: Iterable[tuple[str, str]], **extra: str) -> list[str]:
+        """Give each ``(original, suffix)`` a new neutral name; write the entries to disk at once.
+
+        :return: the names, in order. They are on disk (one ``fsync``) when this returns.
+        """
+        names: list[str] = []
+        lines: list[str] = []
+        for original, suffix in originals:
+            name = f"{self._next:06d}{suffix if suffix in _KEPT_SUFFIXES else ''}"
+            self._next += 1
+            entry = {"claimed": name, "original": original, **extra}
+            self._add(entry)
+            names.append(name)
+            lines.append(json.dumps(entry) + "\n")
+        if lines:
+            os.write(self._fd, "".join(lines).encode("utf-8"))
+            os.fsync(self._fd)
+        return names
 
     def compact(self) -> list[str]:
         """Keep only the entries of files this folder holds; return their names, in claim order."""
@@ -264,6 +282,11 @@ class _ClaimsJournal:
         os.replace(temporary, self.path)
         self.entries = {name: self.entries[name] for name in held}
         return held
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def claim_files_neutral(
@@ -292,24 +315,30 @@ def claim_files_neutral(
     staging = Path(staging_dir).absolute()
     _make_private_folder(staging)
     claimed: list[str] = []
+    sources = [Path(file).absolute() for file in files]
     with _ClaimsJournal(staging) as journal:
         try:
-            for file in files:
-                source = Path(file).absolute()
-                relative = source.relative_to(root).as_posix()
-                name = journal.claimed_as(relative)
-                if name is None:
-                    # Recorded before the rename: a crash in between never loses the original name.
-                    name = journal.record(relative, source.suffix.lower())
-                target = staging / name
-                if target.exists():  # a retry: never replace a file already claimed
+            for chunk in _chunks(sources, CLAIM_CHUNK):
+                relatives = [source.relative_to(root).as_posix() for source in chunk]
+                names = [journal.claimed_as(relative) for relative in relatives]
+                # Recorded before the renames: a crash in between never loses an original name.
+                new = iter(
+                    journal.record(
+                        (relative, source.suffix.lower())
+                        for source, relative, name in zip(chunk, relatives, names, strict=True)
+                        if name is None
+                    )
+                )
+                for source, name in zip(chunk, names, strict=True):
+                    target = staging / (name or next(new))
+                    if name is not None and target.exists():
+                        claimed.append(str(target))  # a retry: never replace a claimed file
+                        continue
+                    try:
+                        _rename_exclusive(source, target)
+                    except FileNotFoundError:  # taken by another run since listing
+                        continue
                     claimed.append(str(target))
-                    continue
-                try:
-                    _rename_exclusive(source, target)
-                except FileNotFoundError:  # taken by another run since listing
-                    continue
-                claimed.append(str(target))
         finally:
             journal.compact()
     return claimed
@@ -356,16 +385,18 @@ def adopt_staging(
     adopted: list[str] = []
     with _ClaimsJournal(orphan) as theirs, _ClaimsJournal(staging) as ours:
         try:
-            for name in theirs.compact():
-                if limit is not None and len(adopted) >= limit:
-                    break
-                original = theirs.entries[name]["original"]
-                new = ours.record(original, Path(name).suffix, adopted_from=orphan.name)
-                try:
-                    _rename_exclusive(orphan / name, staging / new)
-                except FileNotFoundError:  # adopted by another run at the same time
-                    continue
-                adopted.append(str(staging / new))
+            held = theirs.compact()
+            for chunk in _chunks(held if limit is None else held[:limit], CLAIM_CHUNK):
+                news = ours.record(
+                    ((theirs.entries[name]["original"], Path(name).suffix) for name in chunk),
+                    adopted_from=orphan.name,
+                )
+                for name, new in zip(chunk, news, strict=True):
+                    try:
+                        _rename_exclusive(orphan / name, staging / new)
+                    except FileNotFoundError:  # adopted by another run at the same time
+                        continue
+                    adopted.append(str(staging / new))
         finally:
             ours.compact()
             left = theirs.compact()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from airflow_pseudo.incoming import (
+    CLAIM_CHUNK,
     CLAIMS_FILE,
     adopt_staging,
     claim_files,
@@ -187,6 +188,35 @@ class TestClaimFilesNeutral:
         second = claim_files_neutral([_write(incoming / "later.dcm", b"later")], staging, incoming)
         assert second[0] not in first
         assert [Path(p).read_bytes() for p in first[1:]] == [b"DICM", b"DICM"]
+
+    def test_many_files_each_keep_their_own_original_name(self, tmp_path: Path):
+        """Across journal chunks, every claimed file maps to its own original, in order."""
+        incoming = tmp_path / "incoming"
+        count = 2 * CLAIM_CHUNK + 3
+        files = [_write(incoming / f"{i:05}.dcm", str(i).encode()) for i in range(count)]
+        staging = tmp_path / "staging"
+        claimed = claim_files_neutral(files, staging, incoming)
+        entries = [json.loads(x) for x in (staging / CLAIMS_FILE).read_text().splitlines()]
+        assert [staging / e["claimed"] for e in entries] == list(map(Path, claimed))
+        for entry in entries:
+            number = int(entry["original"].removesuffix(".dcm"))
+            assert (staging / entry["claimed"]).read_bytes() == str(number).encode()
+
+    def test_retry_after_a_crash_between_journal_and_renames(self, tmp_path: Path):
+        """Entries written before a crash are reused by the retry: same names, nothing lost."""
+        incoming = tmp_path / "incoming"
+        files = [_write(incoming / f"{i}.dcm", str(i).encode()) for i in range(CLAIM_CHUNK + 5)]
+        staging = tmp_path / "staging"
+        first = claim_files_neutral(files, staging, incoming)
+        # Undo the renames of the second chunk, as if the run died after journaling it.
+        journal = (staging / CLAIMS_FILE).read_text()
+        for claimed, original in zip(first[CLAIM_CHUNK:], files[CLAIM_CHUNK:], strict=True):
+            os.rename(claimed, original)
+        (staging / CLAIMS_FILE).write_text(journal)
+        again = claim_files_neutral(files, staging, incoming)
+        assert again == first
+        assert not any(f.exists() for f in files)
+        assert [Path(p).read_bytes() for p in again] == [str(i).encode() for i in range(len(files))]
 
 
 class TestAdoptStaging:
