@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -26,11 +27,46 @@ _CHUNK = 1024 * 1024
 
 
 def _sha256_of(path: Path | ObjectStoragePath) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _local_path(path: ObjectStoragePath) -> Path | None:
+    """The path of a destination on the local file system, else ``None`` (an object store)."""
+    return Path(path.path) if path.protocol in ("file", "local") else None
+
+
+def _new_file_mode() -> int:
+    """The mode a newly created file gets from this process's umask (as a copy would)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _publish_local(source: Path, target: Path, *, link: bool, mode: int) -> None:
+    """Put ``source`` at ``target`` atomically: a hard link when ``link``, else a copy.
+
+    A link costs no copy and is used when the work output is deleted after publishing (so the
+    published file ends with one name); across file systems, or where links are refused, the file
+    is copied to a temporary name beside the target and renamed into place.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(source, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+        else:
+            os.chmod(target, mode)  # the work output is owner-only; the published file is not
+            return
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.publishing")
+    try:
+        shutil.copyfile(source, temporary)
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _to_storage_path(value: str | os.PathLike[str] | ObjectStoragePath) -> ObjectStoragePath:
@@ -161,11 +197,12 @@ class PublishOperator(BaseOperator):
         return _to_storage_path(self.destination)
 
     def _publish_one(
-        self, source: Path, target: ObjectStoragePath, published_sha: str | None = None
+        self, source: Path, target: Path | ObjectStoragePath, published_sha: str | None = None
     ) -> tuple[str, int, str]:
         """
         Copy one file unless an identical copy exists; return (status, size, sha256).
 
+        :param target: A :class:`~pathlib.Path` for a destination on the local file system.
         :param published_sha: The SHA-256 an earlier try's manifest recorded for this target.
         """
         if not source.exists() and published_sha is not None and target.exists():
@@ -182,6 +219,14 @@ class PublishOperator(BaseOperator):
             return "unchanged", target.stat().st_size, sha
         size = source.stat().st_size
         sha = _sha256_of(source)
+        if isinstance(target, Path):
+            if target.exists() and (
+                target.samefile(source)
+                or (target.stat().st_size == size and _sha256_of(target) == sha)
+            ):
+                return "unchanged", size, sha
+            _publish_local(source, target, link=not self._keep_outputs, mode=self._file_mode)
+            return "published", size, sha
         if target.exists() and target.stat().st_size == size and _sha256_of(target) == sha:
             return "unchanged", size, sha
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +239,8 @@ class PublishOperator(BaseOperator):
         from airflow_pseudo.pseudonymisation.logs import printable
 
         started = time.monotonic()
+        self._keep_outputs = _as_bool(self.keep_outputs)
+        self._file_mode = _new_file_mode()
         validations = flatten_records(self.results)
         by_source = {r["source"]: r for r in flatten_records(self.pseudonymise_results)}
         for record in validations:
@@ -202,6 +249,7 @@ class PublishOperator(BaseOperator):
 
         destination = self._destination()
         earlier = self._published_digests(destination / self.manifest_name)
+        local_root = _local_path(destination)
         outputs = [r["output"] for r in validations if r.get("status") == "ok" and r.get("output")]
         output_root = self.output_root or (
             os.path.commonpath([os.path.dirname(o) for o in outputs]) if outputs else None
@@ -232,14 +280,15 @@ class PublishOperator(BaseOperator):
                 output = Path(check["output"])
                 assert output_root is not None
                 relative = output.relative_to(output_root).as_posix()
-                target = destination / relative
+                target = local_root / relative if local_root else destination / relative
                 try:
                     status, size, sha = self._publish_one(output, target, earlier.get(source))
                 except FileNotFoundError as exc:
                     raise AirflowFailException(
                         f"Validated output is missing: {printable(output)}"
                     ) from exc
-                entry.update(published=str(target), status=status, size=size, sha256=sha)
+                published = f"{str(destination).rstrip('/')}/{relative}" if local_root else target
+                entry.update(published=str(published), status=status, size=size, sha256=sha)
             elif entry["quarantine"]:
                 entry["status"] = "quarantined"
             elif "failed" in (check.get("status"), pseudo.get("status")):
@@ -291,7 +340,7 @@ class PublishOperator(BaseOperator):
 
         self._lineage_folders = ([output_root], [destination, self.archive_dir])
         archived = self._archive_inputs(list(by_source), manifest)
-        if not _as_bool(self.keep_outputs):
+        if not self._keep_outputs:
             self._delete_outputs(manifest, validation_by_source, output_root)
         return {**extra, "archived": archived, "run_id": summary["run_id"]}
 
@@ -411,7 +460,12 @@ class PublishOperator(BaseOperator):
         if output_root is None:
             return
         root = Path(output_root)
-        folders = {parent for o in outputs for parent in o.parents if parent.is_relative_to(root)}
+        folders: set[Path] = set()
+        for output in outputs:
+            parent = output.parent
+            while parent not in folders and parent.is_relative_to(root):
+                folders.add(parent)
+                parent = parent.parent
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):  # not empty: something else lives there
                 folder.rmdir()

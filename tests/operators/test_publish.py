@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,34 @@ def test_keep_outputs_keeps_work_outputs(tmp_path: Path, run: dict[str, Any], fl
     outputs = [Path(r["output"]) for r in run["valid"] if r["status"] == "ok"]
     _publish(tmp_path, run, keep_outputs=flag).execute({})  # type: ignore[arg-type]
     assert all(o.is_file() for o in outputs)
+
+
+def test_published_files_stand_alone_readable_as_a_copy_would_be(
+    tmp_path: Path, run: dict[str, Any]
+):
+    """Published files get the umask's mode (work outputs are owner-only) and one name each."""
+    outputs = [Path(r["output"]) for r in run["valid"] if r["status"] == "ok"]
+    assert {stat.S_IMODE(o.stat().st_mode) for o in outputs} == {0o600}
+    umask = os.umask(0o027)
+    try:
+        _publish(tmp_path, run).execute({})  # type: ignore[arg-type]
+    finally:
+        os.umask(umask)
+    published = list((tmp_path / "published").rglob("*.dcm"))
+    assert len(published) == len(outputs)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in published} == {0o640}
+    assert {p.stat().st_nlink for p in published} == {1}
+
+
+def test_kept_work_outputs_are_separate_copies(tmp_path: Path, run: dict[str, Any]):
+    """With keep_outputs, changing a work output leaves its published copy as it was."""
+    outputs = [Path(r["output"]) for r in run["valid"] if r["status"] == "ok"]
+    _publish(tmp_path, run, keep_outputs=True).execute({})  # type: ignore[arg-type]
+    published = tmp_path / "published" / outputs[0].relative_to(tmp_path / "out")
+    before = published.read_bytes()
+    outputs[0].write_bytes(b"changed")
+    assert published.read_bytes() == before
+    assert not list((tmp_path / "published").rglob(".*.publishing"))
 
 
 def test_retry_after_outputs_deleted_checks_published_copies(tmp_path: Path, run: dict[str, Any]):
