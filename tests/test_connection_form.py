@@ -197,3 +197,14 @@ def test_a_partial_extra_shows_only_its_keys(api_server: str, tmp_path: Path):
     and environment users to store every key. If this starts failing, Airflow fixed it."""
     form = asyncio.run(_edit_form(api_server, "pseudo_partial", tmp_path / "profile"))
     assert form["labels"] == ["UID root"]
+
+
+def test_the_api_server_mounts_the_report_app(api_server: str):
+    """The report plugin builds its app in the real API server process (not only in tests)."""
+    import urllib.error
+
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(f"{api_server}/pseudo-reports/runs/some_dag/some_run")
+    # The app's own answer (every user is an admin here), not the server's "Not Found".
+    assert raised.value.code == 404
+    assert json.loads(raised.value.read()) == {"detail": "This run has no report"}

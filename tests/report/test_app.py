@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,8 +80,11 @@ def test_api_server_mounts_it_behind_login(monkeypatch: pytest.MonkeyPatch, root
     from airflow.api_fastapi.app import create_app as create_api_app
 
     # Load plugins the way every component does once providers are discovered eagerly (the
-    # package's ``airflow.plugins`` entry point loads it without that, once installed).
+    # package's ``airflow.plugins`` entry point loads it without that, once installed), as the
+    # API server: other processes build no app.
     monkeypatch.setattr(settings, "LAZY_LOAD_PROVIDERS", False)
+    monkeypatch.setattr(sys, "argv", ["airflow", "api-server"])
+    monkeypatch.delitem(sys.modules, "airflow_pseudo.report.plugin", raising=False)
     for cached in (plugins_manager._get_plugins, plugins_manager.get_fastapi_plugins):
         cached.cache_clear()
     try:
@@ -104,3 +109,17 @@ def test_api_server_mounts_it_behind_login(monkeypatch: pytest.MonkeyPatch, root
     )
     assert response.status_code == 200
     assert "De-identification report" in response.text
+
+
+def test_other_processes_build_no_app():
+    """A task process loads the plugin without the API server's imports (about a second)."""
+    code = (
+        "import sys; from airflow_pseudo.report.plugin import ReportPlugin; "
+        "assert ReportPlugin.fastapi_apps == [], ReportPlugin.fastapi_apps; "
+        "assert ReportPlugin.external_views; "
+        "print(sorted(m for m in sys.modules if m.startswith(('fastapi', 'airflow.api_fastapi'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"
