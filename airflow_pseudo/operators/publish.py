@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,42 +31,71 @@ def _sha256_of(path: Path | ObjectStoragePath) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    """The size and SHA-256 of a local file, read through one open handle."""
+    with path.open("rb") as handle:
+        return os.fstat(handle.fileno()).st_size, hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def _local_path(path: ObjectStoragePath) -> Path | None:
     """The path of a destination on the local file system, else ``None`` (an object store)."""
     return Path(path.path) if path.protocol in ("file", "local") else None
 
 
-def _new_file_mode() -> int:
-    """The mode a newly created file gets from this process's umask (as a copy would)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
+class _LocalFolders:
+    """Publish into and archive within this machine's file systems, each folder made once.
 
-
-def _publish_local(source: Path, target: Path, *, link: bool, mode: int) -> None:
-    """Put ``source`` at ``target`` atomically: a hard link when ``link``, else a copy.
-
-    A link costs no copy and is used when the work output is deleted after publishing (so the
-    published file ends with one name); across file systems, or where links are refused, the file
-    is copied to a temporary name beside the target and renamed into place.
+    :param link: publish by hard link (the work output is deleted after publishing, so the
+        published file ends with one name); else, or across file systems, by an atomic copy.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if link:
+
+    def __init__(self, *, link: bool) -> None:
+        self.link = link
+        umask = os.umask(0o022)
+        os.umask(umask)
+        self.mode = 0o666 & ~umask  # what a copy gets; work outputs are owner-only
+        self._made: set[Path] = set()
+
+    def make(self, folder: Path) -> None:
+        if folder not in self._made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
+
+    def publish(self, source: Path, target: Path) -> None:
+        """Put ``source`` at ``target`` atomically, replacing a different file there."""
+        self.make(target.parent)
+        if self.link:
+            try:
+                os.link(source, target)
+            except OSError as exc:
+                if exc.errno not in _LINK_REFUSED:
+                    raise
+            else:
+                os.chmod(target, self.mode)
+                return
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.publishing")
         try:
-            os.link(source, target)
+            shutil.copyfile(source, temporary)
+            os.chmod(temporary, self.mode)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def move(self, source: Path, target: Path) -> bool:
+        """Move ``source`` to ``target``; ``False`` if it is gone (moved by an earlier try)."""
+        self.make(target.parent)
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            return False
         except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            if exc.errno != errno.EXDEV:
                 raise
-        else:
-            os.chmod(target, mode)  # the work output is owner-only; the published file is not
-            return
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.publishing")
-    try:
-        shutil.copyfile(source, temporary)
-        os.chmod(temporary, mode)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+            shutil.move(source, target)
+        return True
+
+
+_LINK_REFUSED = frozenset({errno.EEXIST, errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP})
 
 
 def _to_storage_path(value: str | os.PathLike[str] | ObjectStoragePath) -> ObjectStoragePath:
@@ -76,6 +105,13 @@ def _to_storage_path(value: str | os.PathLike[str] | ObjectStoragePath) -> Objec
     if "://" not in text:
         text = "file://" + os.path.abspath(text)
     return ObjectStoragePath(text)
+
+
+def _pulled(value: Any) -> Any:
+    """A task's XCom as a list, fetched once (a mapped task's is a lazy sequence)."""
+    if value is None or isinstance(value, Mapping | str):
+        return value
+    return list(value)
 
 
 def _as_bool(value: bool | str) -> bool:
@@ -205,7 +241,11 @@ class PublishOperator(BaseOperator):
         :param target: A :class:`~pathlib.Path` for a destination on the local file system.
         :param published_sha: The SHA-256 an earlier try's manifest recorded for this target.
         """
-        if not source.exists() and published_sha is not None and target.exists():
+        try:
+            size, sha = _size_and_sha256(source)
+        except FileNotFoundError:
+            if published_sha is None or not target.exists():
+                raise
             # Published by an earlier try, whose work output was then deleted (retention).
             sha = _sha256_of(target)
             if sha != published_sha:
@@ -215,17 +255,15 @@ class PublishOperator(BaseOperator):
                     f"{printable(str(target))} differs from what an earlier try published, and "
                     "its work output was deleted after publishing: delete the damaged copy and "
                     "put the archived input back into the incoming folder to publish it again"
-                )
+                ) from None
             return "unchanged", target.stat().st_size, sha
-        size = source.stat().st_size
-        sha = _sha256_of(source)
         if isinstance(target, Path):
             if target.exists() and (
                 target.samefile(source)
                 or (target.stat().st_size == size and _sha256_of(target) == sha)
             ):
                 return "unchanged", size, sha
-            _publish_local(source, target, link=not self._keep_outputs, mode=self._file_mode)
+            self._local.publish(source, target)
             return "published", size, sha
         if target.exists() and target.stat().st_size == size and _sha256_of(target) == sha:
             return "unchanged", size, sha
@@ -240,7 +278,11 @@ class PublishOperator(BaseOperator):
 
         started = time.monotonic()
         self._keep_outputs = _as_bool(self.keep_outputs)
-        self._file_mode = _new_file_mode()
+        self._local = _LocalFolders(link=not self._keep_outputs)
+        # Pulled once: a mapped task's XCom is fetched from the API each time it is iterated.
+        self.results, self.pseudonymise_results = map(
+            _pulled, (self.results, self.pseudonymise_results)
+        )
         validations = flatten_records(self.results)
         by_source = {r["source"]: r for r in flatten_records(self.pseudonymise_results)}
         for record in validations:
@@ -494,12 +536,10 @@ class PublishOperator(BaseOperator):
                 continue
             assert self.archive_dir is not None
             target = Path(self.archive_dir) / source.relative_to(root)
-            if not source.exists():
+            if self._local.move(source, target):
+                count += 1
+            else:
                 count += target.exists()  # archived by an earlier try
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(source, target)
-            count += 1
         self._close_staging(root, delete)
         self.log.info(
             "%s %d processed input(s)%s",
