@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Status = Literal["ok", "skipped", "failed"]
@@ -39,7 +39,7 @@ class FileResult:
     seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _as_dict(self)
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> FileResult:
@@ -64,4 +64,14 @@ class ValidationResult:
     key_checks: str = "skipped"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _as_dict(self)
+
+
+def _as_dict(record: FileResult | ValidationResult) -> dict[str, Any]:
+    """The record's fields, its lists and dicts copied (:func:`dataclasses.asdict` deep-copies
+    every value, which costs more than the rest of a record's trip through XCom)."""
+    out: dict[str, Any] = {}
+    for name in record.__dataclass_fields__:
+        value = getattr(record, name)
+        out[name] = value.copy() if isinstance(value, dict | list) else value
+    return out
