@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import (
 )
 
 from airflow_pseudo.hooks.pseudo import PseudoHook
+from airflow_pseudo.operators.bulk_fields import BulkFieldsMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -108,7 +109,7 @@ class _SettingsMixin:
             ) from exc
 
 
-class PseudonymiseOperator(_SettingsMixin, BaseOperator):
+class PseudonymiseOperator(BulkFieldsMixin, _SettingsMixin, BaseOperator):
     """
     Pseudonymise DICOM files and return one JSON-native result record per file.
 
@@ -154,6 +155,7 @@ class PseudonymiseOperator(_SettingsMixin, BaseOperator):
     .. seealso:: ``docs/provider.md`` and ``dags/dicom_pseudonymise.py``.
     """
 
+    bulk_fields = ("files",)
     template_fields: Sequence[str] = (
         "input_path",
         "files",

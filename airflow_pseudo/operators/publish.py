@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
+from airflow_pseudo.operators.bulk_fields import BulkFieldsMixin
 from airflow_pseudo.operators.pseudonymise import flatten_paths, flatten_records
 from airflow_pseudo.report.link import ReportLink
 
@@ -119,7 +120,7 @@ def _as_bool(value: bool | str) -> bool:
     return str(value).strip().lower() in {"true", "1", "yes"}
 
 
-class PublishOperator(BaseOperator):
+class PublishOperator(BulkFieldsMixin, BaseOperator):
     """
     Copy validated outputs to a destination, write a manifest, emit an Asset event, archive inputs.
 
@@ -178,6 +179,7 @@ class PublishOperator(BaseOperator):
         they are deleted. (templated; the strings ``"true"``/``"false"`` are accepted)
     """
 
+    bulk_fields = ("results", "pseudonymise_results")
     template_fields: Sequence[str] = (
         "results",
         "destination",
@@ -275,16 +277,16 @@ class PublishOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Publish, write the manifest, record the Asset event, then archive the inputs."""
         from airflow_pseudo.pseudonymisation.logs import printable
+        from airflow_pseudo.report.model import files_by_batch
 
         started = time.monotonic()
         self._keep_outputs = _as_bool(self.keep_outputs)
         self._local = _LocalFolders(link=not self._keep_outputs)
         # Pulled once: a mapped task's XCom is fetched from the API each time it is iterated.
-        self.results, self.pseudonymise_results = map(
-            _pulled, (self.results, self.pseudonymise_results)
-        )
-        validations = flatten_records(self.results)
-        by_source = {r["source"]: r for r in flatten_records(self.pseudonymise_results)}
+        validation_batches = _pulled(self.results)
+        pseudonymise_batches = _pulled(self.pseudonymise_results)
+        validations = flatten_records(validation_batches)
+        by_source = {r["source"]: r for r in flatten_records(pseudonymise_batches)}
         for record in validations:
             by_source.setdefault(record["source"], {"source": record["source"]})
         validation_by_source = {r["source"]: r for r in validations}
@@ -367,7 +369,11 @@ class PublishOperator(BaseOperator):
             printable(str(manifest_path)),
         )
 
-        _, report_html = self._write_report(context, manifest, by_source, counts, started)
+        handled = {
+            **files_by_batch("PseudonymiseOperator", pseudonymise_batches),
+            **files_by_batch("ValidateOperator", validation_batches),
+        }
+        _, report_html = self._write_report(context, manifest, by_source, counts, started, handled)
         extra: dict[str, Any] = {
             "files": len(manifest),
             **counts,
@@ -393,11 +399,15 @@ class PublishOperator(BaseOperator):
         by_source: dict[str, dict[str, Any]],
         counts: dict[str, int],
         started: float,
+        handled: dict[tuple[str, int], int],
     ) -> tuple[Any, Any]:
-        """Write ``report.json`` and ``report.html`` beside the manifest; return their paths."""
+        """Write ``report.json`` and ``report.html`` beside the manifest; return their paths.
+
+        :param handled: files per task and map index, from :func:`.files_by_batch`.
+        """
         from airflow_pseudo.pseudonymisation.logs import printable
         from airflow_pseudo.report import build_report, write_report
-        from airflow_pseudo.report.model import files_by_batch, steps_with_files
+        from airflow_pseudo.report.model import steps_with_files
 
         files = []
         for entry in manifest:
@@ -408,10 +418,6 @@ class PublishOperator(BaseOperator):
         run_id = context.get("run_id") if context else None
         steps: list[dict[str, Any]] = []
         if ti is not None and dag_id and run_id and hasattr(ti, "get_task_breadcrumbs"):
-            handled = {
-                **files_by_batch("PseudonymiseOperator", self.pseudonymise_results),
-                **files_by_batch("ValidateOperator", self.results),
-            }
             steps = steps_with_files(ti.get_task_breadcrumbs(dag_id, run_id), handled)
         steps.append(
             {

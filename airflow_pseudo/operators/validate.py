@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_pseudo.hooks.pseudo import PseudoHook
+from airflow_pseudo.operators.bulk_fields import BulkFieldsMixin
 from airflow_pseudo.operators.pseudonymise import (
     _SettingsMixin,
     count_statuses,
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class ValidateOperator(_SettingsMixin, BaseOperator):
+class ValidateOperator(BulkFieldsMixin, _SettingsMixin, BaseOperator):
     """
     Validate every pseudonymised output against its original and quarantine the ones that fail.
 
@@ -50,6 +51,7 @@ class ValidateOperator(_SettingsMixin, BaseOperator):
     :param keep_keywords: Must match the pseudonymise task's.
     """
 
+    bulk_fields = ("results",)
     template_fields: Sequence[str] = (
         "results",
         "quarantine_dir",
