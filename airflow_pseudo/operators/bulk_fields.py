@@ -10,7 +10,7 @@ serializes by calling its ``serialize()``: a count.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
@@ -55,14 +55,27 @@ class BulkValue(Sequence[Any]):
 
 
 class BulkFieldsMixin:
-    """Render the fields named in ``bulk_fields`` as a count when they hold long lists."""
+    """Render the fields named in ``bulk_fields`` as a count when they hold long lists.
+
+    Hooks :meth:`_do_render_template_fields`, which Airflow calls for plain and mapped task
+    instances alike (a mapped operator renders its unmapped task through it).
+    """
 
     bulk_fields: Sequence[str] = ()
 
-    def render_template_fields(
-        self, context: Context, jinja_env: jinja2.Environment | None = None
+    def _do_render_template_fields(
+        self,
+        parent: Any,
+        template_fields: Iterable[str],
+        context: Context,
+        jinja_env: jinja2.Environment,
+        seen_oids: set[int],
     ) -> None:
-        super().render_template_fields(context, jinja_env)  # type: ignore[misc]
+        super()._do_render_template_fields(  # type: ignore[misc]
+            parent, template_fields, context, jinja_env, seen_oids
+        )
+        if parent is not self:
+            return  # a nested object's fields
         for name in self.bulk_fields:
             value = getattr(self, name, None)
             if isinstance(value, list | tuple) and len(value) > SHOWN_IN_FULL:

@@ -297,6 +297,28 @@ class TestDicomPseudonymiseMapped:
         assert len(list((tmp_path / "archive" / dr.run_id).rglob("*.dcm"))) == len(good) + 1
         assert not list((tmp_path / "incoming").rglob("*.dcm"))
 
+    def test_batches_are_rendered_as_counts(self, tmp_path: Path):
+        """A mapped batch's paths and records are stored in the rendered view as a count only."""
+        from airflow.models.renderedtifields import RenderedTaskInstanceFields
+        from airflow.utils.session import create_session
+
+        conf = {**_folders(tmp_path), "batch_size": 1000}
+        good = write_corpus(tmp_path / "incoming", patients=1, series_per_study=1,
+                            instances_per_series=24, templates=("ct",))  # fmt: skip
+        _age(tmp_path / "incoming")
+        dr = _run("dicom_pseudonymise_mapped", conf)
+        assert dr.state == "success", _states(dr)
+        with create_session() as session:
+            rendered = {
+                row.task_id: row.rendered_fields
+                for row in session.query(RenderedTaskInstanceFields).filter_by(
+                    dag_id=dr.dag_id, run_id=dr.run_id
+                )
+            }
+        count = f"{len(good)} items (in full in the upstream task's XCom)"
+        assert rendered["pseudonymise"]["files"] == count
+        assert rendered["validate"]["results"] == count
+
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("airflow_db", "pseudo_conn")
