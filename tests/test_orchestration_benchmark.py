@@ -31,6 +31,8 @@ EXPECTED_LINES = (
     rf"^- XCom validate records: {FILES} for {FILES} files \({FILES} distinct sources; ",
     r"^- XCom records match N: \*\*yes\*\*$",
     r"^- DAG run state: success$",
+    r"^- \*\*(PASS|FAIL)\*\* DAG <= 5x the CLI's pseudonymise time: DAG [\d.]+ s / CLI "
+    r"pseudonymise [\d.]+ s = [\d.]+x$",
     rf"^- Published files: {FILES}; ",
 )
 
@@ -48,6 +50,7 @@ def test_orchestration_benchmark_reports_both_times(tmp_path: Path) -> None:
             f"--batch-size={BATCH_SIZE}",
             "--settle=0",
             "--workers=1",
+            "--dag-workers=2",
             f"--output={output}",
             f"--workdir={tmp_path / 'work'}",
         ],
@@ -66,5 +69,6 @@ def test_orchestration_benchmark_reports_both_times(tmp_path: Path) -> None:
         assert re.search(pattern, report, re.MULTILINE), pattern
     assert f"N = {FILES} " in report
     assert f"batch size B = {BATCH_SIZE} ({FILES // BATCH_SIZE} mapped batches)" in report
+    assert "workers: CLI `--workers` 1, DAG `workers` param 2 per mapped task" in report
     assert "CPU:" in report
     assert "Python 3." in report
