@@ -21,6 +21,7 @@ from airflow_pseudo.pseudonymisation.io.inputs import (
     file_view,
     iter_files,
     parse_dataset,
+    prefetch,
     read_dataset,
     read_input,
     sniff_dicom,
@@ -185,3 +186,16 @@ class TestRead:
             parse_dataset(
                 data, limits=InputLimits(max_inflate_ratio=10_000, max_inflated_bytes=1000)
             )
+
+
+def test_prefetch_reads_ahead_regular_files_only(tmp_path: Path):
+    """Prefetching is advice: it never blocks on a FIFO, follows a link, or fails on a path."""
+    regular = tmp_path / "a.dcm"
+    regular.write_bytes(b"DICM" * 1000)
+    fifo = tmp_path / "fifo.dcm"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    link = tmp_path / "link.dcm"
+    link.symlink_to(fifo)
+    paths = [str(regular), str(fifo), str(link), str(tmp_path), str(tmp_path / "missing.dcm")]
+    prefetch(paths)
+    assert regular.read_bytes() == b"DICM" * 1000
