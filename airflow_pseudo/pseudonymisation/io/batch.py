@@ -199,8 +199,10 @@ class _FileJob:
         """Write a chunk's outputs, unnamed; with ``durability="batch"``, start syncing them.
 
         The caller may begin the next chunk before finishing this one: that chunk is written
-        while the disk makes this one durable.
+        while the disk makes this one durable. The chunk's inputs are prefetched first, so each
+        is read from the disk while the ones before it are pseudonymised.
         """
+        prefetch(sources)
         staged: list[tuple[FileResult, StagedFile | None]] = []
         try:
             for source in sources:
