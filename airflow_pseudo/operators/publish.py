@@ -108,6 +108,11 @@ def _to_storage_path(value: str | os.PathLike[str] | ObjectStoragePath) -> Objec
     return ObjectStoragePath(text)
 
 
+def _published_output(validation: dict[str, Any]) -> str:
+    """The output a validation record lets publish read ("" for none)."""
+    return str(validation.get("output") or "") if validation.get("status") == "ok" else ""
+
+
 def _pulled(value: Any) -> Any:
     """A task's XCom as a list, fetched once (a mapped task's is a lazy sequence)."""
     if value is None or isinstance(value, Mapping | str):
@@ -276,6 +281,7 @@ class PublishOperator(BulkFieldsMixin, BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Publish, write the manifest, record the Asset event, then archive the inputs."""
+        from airflow_pseudo.pseudonymisation.io.inputs import ReadAhead
         from airflow_pseudo.pseudonymisation.logs import printable
         from airflow_pseudo.report.model import files_by_batch
 
@@ -301,7 +307,9 @@ class PublishOperator(BulkFieldsMixin, BaseOperator):
 
         manifest: list[dict[str, Any]] = []
         counts = {"published": 0, "unchanged": 0, "failed": 0, "skipped": 0, "quarantined": 0}
-        for source, pseudo in by_source.items():
+        ahead = ReadAhead([_published_output(validation_by_source.get(s, {})) for s in by_source])
+        for done, (source, pseudo) in enumerate(by_source.items()):
+            ahead.reached(done)
             check = validation_by_source.get(source, {})
             entry: dict[str, Any] = {
                 "record": "file",

@@ -16,7 +16,7 @@ import os
 import stat
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,6 +246,27 @@ def prefetch(paths: Iterable[str]) -> None:
             pass
         finally:
             os.close(fd)
+
+
+class ReadAhead:
+    """Keep the reads of files a loop will take next in flight (see :func:`prefetch`).
+
+    :param paths: the files, in the order the loop reads them.
+    :param window: how many files are prefetched at once; up to two windows are in flight.
+    """
+
+    def __init__(self, paths: Sequence[str], window: int = 64) -> None:
+        self.paths = paths
+        self.window = window
+        self._prefetched = 0
+        self.reached(0)
+
+    def reached(self, done: int) -> None:
+        """Say that the loop has read ``done`` of the files."""
+        wanted = min(len(self.paths), done + 2 * self.window)
+        if wanted - self._prefetched >= self.window or wanted == len(self.paths):
+            prefetch(self.paths[self._prefetched : wanted])
+            self._prefetched = max(self._prefetched, wanted)
 
 
 def read_input(fd: int, limits: InputLimits = DEFAULT_LIMITS) -> bytes:

@@ -18,6 +18,7 @@ from airflow_pseudo.pseudonymisation.io.inputs import (
     InputFolder,
     InputLimits,
     NotRegularFileError,
+    ReadAhead,
     file_view,
     iter_files,
     parse_dataset,
@@ -199,3 +200,20 @@ def test_prefetch_reads_ahead_regular_files_only(tmp_path: Path):
     paths = [str(regular), str(fifo), str(link), str(tmp_path), str(tmp_path / "missing.dcm")]
     prefetch(paths)
     assert regular.read_bytes() == b"DICM" * 1000
+
+
+def test_read_ahead_prefetches_each_file_once_at_most_two_windows_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Every file is prefetched once, in order, before the loop reaches it, never far ahead."""
+    from airflow_pseudo.pseudonymisation.io import inputs
+
+    asked: list[str] = []
+    monkeypatch.setattr(inputs, "prefetch", lambda paths: asked.extend(paths))
+    paths = [f"/data/{i}.dcm" for i in range(150)]
+    ahead = ReadAhead(paths, window=10)
+    for done in range(len(paths)):
+        ahead.reached(done)
+        assert paths[done] in asked
+        assert len(asked) <= done + 20
+    assert asked == paths
