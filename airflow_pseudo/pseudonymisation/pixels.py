@@ -20,6 +20,21 @@ from collections.abc import Iterator, Mapping
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 
+from airflow_pseudo.pseudonymisation.io.inputs import dataset_offset, transfer_syntax_of
+from airflow_pseudo.pseudonymisation.scanner import (
+    ELEMENT,
+    KEEP,
+    REPORT,
+    UNDEFINED_LENGTH,
+    FastPathUnsupported,
+    TruncatedFileError,
+)
+
+try:
+    from airflow_pseudo.pseudonymisation._scanner import scan_level
+except ImportError:  # not built: the reference implementation
+    from airflow_pseudo.pseudonymisation.scanner import scan_level
+
 _SECONDARY_CAPTURE = (
     "Secondary Capture: screenshots, scanned documents and exported views, which usually show "
     "the patient's name or ID in the image"
@@ -133,6 +148,56 @@ def strip_pixel_data(dataset: Dataset) -> int:
         dataset.PixelData = encapsulate(cleaned, has_bot=len(cleaned) > 1)
         dataset["PixelData"].is_undefined_length = True
     return removed
+
+
+def strip_file(data: bytes) -> bytes | None:
+    """A whole file's bytes with :func:`strip_pixel_data` applied, for the fast path to rewrite.
+
+    The top-level encapsulated PixelData is found by the element scanner and its frames are
+    stripped and encapsulated again exactly as :func:`strip_pixel_data` does; every other byte is
+    kept. ``None`` when only the reference engine can tell: no file meta group length, a
+    structure the scanner refuses, an extended offset table.
+    """
+    start = dataset_offset(data, deflated=False)
+    syntax = transfer_syntax_of(data) or ""
+    if start >= len(data) or syntax not in JPEG_TRANSFER_SYNTAXES | JPEG_2000_TRANSFER_SYNTAXES:
+        return None
+    try:
+        events, _, _ = scan_level(data, start, len(data), False, _PLAN, _report_pixel_elements)
+    except (FastPathUnsupported, TruncatedFileError):
+        return None
+    found = {event[1]: event for event in events if event[0] == ELEMENT}
+    if _EXTENDED_OFFSET_TABLE in found:
+        return None
+    pixel_data = found.get(_PIXEL_DATA)
+    if pixel_data is None or pixel_data[3] != UNDEFINED_LENGTH:
+        return data  # nothing encapsulated: no segment to strip
+    value, end = pixel_data[5], pixel_data[6] - 8  # the items, without the sequence delimiter
+    frames_element = found.get(_NUMBER_OF_FRAMES)
+    try:
+        frames = int(data[frames_element[5] : frames_element[6]]) if frames_element else 1
+    except ValueError:
+        return None
+    cleaned: list[bytes] = []
+    removed = 0
+    jpeg_2000 = syntax in JPEG_2000_TRANSFER_SYNTAXES
+    for frame in generate_frames(data[value:end], number_of_frames=max(frames, 1)):
+        stripped, count = strip_frame(frame, jpeg_2000=jpeg_2000)
+        cleaned.append(stripped)
+        removed += count
+    if not removed:
+        return data
+    return data[:value] + encapsulate(cleaned, has_bot=len(cleaned) > 1) + data[end:]
+
+
+_PIXEL_DATA, _NUMBER_OF_FRAMES, _EXTENDED_OFFSET_TABLE = 0x7FE00010, 0x00280008, 0x7FE00001
+_PLAN: dict[int, int] = {}
+"""The scanner's plan for :func:`strip_file`, filled once per tag."""
+
+
+def _report_pixel_elements(tag: int) -> int:
+    """The scanner's plan: report what :func:`strip_file` reads, skip the rest at C speed."""
+    return REPORT if tag in (_PIXEL_DATA, _NUMBER_OF_FRAMES, _EXTENDED_OFFSET_TABLE) else KEEP
 
 
 def strip_frame(frame: bytes, *, jpeg_2000: bool) -> tuple[bytes, int]:

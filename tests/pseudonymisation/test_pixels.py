@@ -4,6 +4,7 @@ refused unless allowed."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import struct
 import warnings
 from pathlib import Path
@@ -15,11 +16,14 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 
 from airflow_pseudo.pseudonymisation import PseudonymKey, Settings, pseudonymise_directory
+from airflow_pseudo.pseudonymisation.io.inputs import transfer_syntax_of
 from airflow_pseudo.pseudonymisation.pixels import (
     BURNED_IN_TEXT_LIKELY,
     JPEG_2000_TRANSFER_SYNTAXES,
     JPEG_TRANSFER_SYNTAXES,
+    may_need_stripping,
     pixel_risk,
+    strip_file,
     strip_frame,
     strip_pixel_data,
 )
@@ -87,7 +91,7 @@ def test_stripping_twice_changes_nothing_the_second_time():
 
 
 def test_a_planted_comment_never_reaches_the_output(tmp_path: Path, key_bytes: bytes):
-    """End to end (the fast path hands such files to the reference engine, which strips)."""
+    """End to end: the frames are stripped, then the fast path rewrites the header."""
     incoming = tmp_path / "in"
     incoming.mkdir()
     dataset = _with_planted_segments("SC_rgb_jpeg_dcmtk.dcm", [_segment(0xFE, PLANTED)])
@@ -95,7 +99,7 @@ def test_a_planted_comment_never_reaches_the_output(tmp_path: Path, key_bytes: b
     dataset.save_as(incoming / "sc.dcm", enforce_file_format=True)
     settings = Settings(key=PseudonymKey(key_bytes))
     (result,) = pseudonymise_directory(incoming, tmp_path / "out", settings=settings)
-    assert result.status == "ok", result.reason
+    assert (result.status, result.engine) == ("ok", "fast"), result.reason
     output = Path(result.output or "")
     assert PLANTED not in output.read_bytes()
     original = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")).pixel_array
@@ -192,3 +196,52 @@ def test_every_bundled_compressed_file_decodes_the_same_after_stripping(name: st
         pytest.skip("no decoder for this file here (pillow decodes baseline JPEG and JPEG 2000)")
     strip_pixel_data(dataset)
     assert np.array_equal(dataset.pixel_array, before)
+
+
+def _stripped_files() -> list[Path]:
+    """pydicom's compressed files with segments to strip, one per instance UID."""
+    found: dict[str, Path] = {}
+    for path in sorted(Path(get_testdata_file("CT_small.dcm")).parent.rglob("*.dcm")):
+        data = path.read_bytes()
+        if may_need_stripping(transfer_syntax_of(data), data) and strip_file(data) not in (
+            None,
+            data,
+        ):
+            found.setdefault(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID, path)
+    return list(found.values())
+
+
+def test_stripping_a_file_matches_stripping_its_dataset():
+    """strip_file (bytes, for the fast path) gives the PixelData strip_pixel_data gives."""
+    files = _stripped_files()
+    assert len(files) >= 5
+    for path in files:
+        stripped = pydicom.dcmread(io.BytesIO(strip_file(path.read_bytes()) or b""))
+        reference = pydicom.dcmread(path)
+        assert strip_pixel_data(reference) > 0
+        assert stripped.PixelData == reference.PixelData, path.name
+        assert [e.tag for e in stripped] == [e.tag for e in reference], path.name
+
+
+def test_stripped_files_take_the_fast_path_and_match_the_reference(
+    tmp_path: Path, key_bytes: bytes
+):
+    """Files with segments to strip are rewritten by the fast path, as the reference would."""
+    files = _stripped_files()
+    outputs = {}
+    for engine in ("auto", "reference"):
+        incoming = tmp_path / engine / "in"
+        incoming.mkdir(parents=True)
+        for path in files:
+            (incoming / path.name).write_bytes(path.read_bytes())
+        settings = Settings(key=PseudonymKey(key_bytes), engine=engine, allow_burned_in=True)
+        results = pseudonymise_directory(incoming, tmp_path / engine / "out", settings=settings)
+        assert all(r.status == "ok" for r in results), [r.reason for r in results]
+        outputs[engine] = {Path(r.source).name: (r.engine, Path(r.output or "")) for r in results}
+    for name, (engine, fast) in outputs["auto"].items():
+        assert engine == "fast", name
+        ours, theirs = pydicom.dcmread(fast), pydicom.dcmread(outputs["reference"][name][1])
+        assert ours.PixelData == theirs.PixelData, name
+        assert [e for e in ours if e.tag != 0x7FE00010] == [
+            e for e in theirs if e.tag != 0x7FE00010
+        ], name

@@ -54,6 +54,7 @@ from airflow_pseudo.pseudonymisation.pixels import (
     BURNED_IN_TEXT_LIKELY,
     may_need_stripping,
     pixel_risk,
+    strip_file,
     strip_pixel_data,
 )
 from airflow_pseudo.pseudonymisation.policy.recipe import Settings
@@ -282,10 +283,14 @@ class _FileJob:
         self, source: str, data: bytes, settings: Settings
     ) -> tuple[FileResult, StagedFile]:
         durable = settings.durability == "file"
-        # Frames with segments to strip take the reference engine, which strips them.
-        if settings.engine == "auto" and not may_need_stripping(transfer_syntax_of(data), data):
+        # Frames with segments to strip are stripped first; where only the reference engine can
+        # find them, it takes the file and strips them.
+        fast_input: bytes | None = data
+        if settings.engine == "auto" and may_need_stripping(transfer_syntax_of(data), data):
+            fast_input = strip_file(data)
+        if settings.engine == "auto" and fast_input is not None:
             try:
-                fast = pseudonymise_buffer(memoryview(data), settings.pseudonymiser)
+                fast = pseudonymise_buffer(memoryview(fast_input), settings.pseudonymiser)
             except (PseudonymisationError, OSError):
                 raise
             except Exception as exc:  # FastPathUnsupported, or anything the fast parser met

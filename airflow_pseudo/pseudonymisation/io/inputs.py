@@ -222,20 +222,28 @@ def _walk(folder_fd: int, folder: str, entries: list[str]) -> None:
             os.close(child)
 
 
+PREFETCH_MAX_BYTES = 16 << 20
+"""The largest file :func:`prefetch` reads ahead."""
+
+
 def prefetch(paths: Iterable[str]) -> None:
     """Ask the kernel to start reading these files now, so that later reads find them cached.
 
     ``posix_fadvise(WILLNEED)`` queues the reads and returns: files prefetched while others are
-    processed are read from the disk in the meantime. Advice only: anything but a regular file
-    (checked before opening it, which never blocks nor follows a link) is left alone, as is a
-    file that cannot be opened, and where the advice does not exist nothing is done.
+    processed are read from the disk in the meantime. Only files of up to
+    :data:`PREFETCH_MAX_BYTES` are: the time a small file costs is the disk's latency, which this
+    hides, while a large one is read in sequence with the kernel's own read-ahead, and would
+    push the others out of the page cache. Advice only: anything but a regular file (checked
+    before opening it, which never blocks nor follows a link) is left alone, as is a file that
+    cannot be opened, and where the advice does not exist nothing is done.
     """
     advise = getattr(os, "posix_fadvise", None)  # not on macOS or Windows
     if advise is None:
         return
     for path in paths:
         try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
+            status = os.lstat(path)
+            if not stat.S_ISREG(status.st_mode) or status.st_size > PREFETCH_MAX_BYTES:
                 continue
             fd = os.open(path, _OPEN_FILE)
         except OSError:
@@ -380,7 +388,7 @@ def transfer_syntax_of(data: bytes) -> str | None:
     """The TransferSyntaxUID of a file's meta group, read from its bytes; None without one."""
     if data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + len(MAGIC)] != MAGIC:
         return None
-    meta = data[: _dataset_offset(data, deflated=False)]
+    meta = data[: dataset_offset(data, deflated=False)]
     at = meta.find(_TRANSFER_SYNTAX_HEADER)
     if at < 0:
         return None
@@ -395,7 +403,7 @@ def read_header(data: bytes, keywords: tuple[str, ...]) -> Dataset | None:
     None for a deflated file (pydicom would inflate all of it: :func:`parse_dataset` reads it
     within bounds) and for what pydicom cannot read this way.
     """
-    offset = _dataset_offset(data, deflated=False) if data[PREAMBLE_LENGTH:][:4] == MAGIC else 0
+    offset = dataset_offset(data, deflated=False) if data[PREAMBLE_LENGTH:][:4] == MAGIC else 0
     if offset and _DEFLATED_META_VALUE in data[:offset]:
         return None
     try:
@@ -428,9 +436,9 @@ def _check_inflated_size(data: bytes, limits: InputLimits) -> None:
     """Refuse a deflated dataset that inflates past ``limits``, inflating it piece by piece."""
     if data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + len(MAGIC)] != MAGIC:
         return
-    if _DEFLATED_META_VALUE not in data[: _dataset_offset(data, deflated=False)]:
+    if _DEFLATED_META_VALUE not in data[: dataset_offset(data, deflated=False)]:
         return
-    start = _dataset_offset(data, deflated=True)
+    start = dataset_offset(data, deflated=True)
     compressed = memoryview(data)[start:]
     bound = min(limits.max_inflated_bytes, max(len(compressed), 1) * limits.max_inflate_ratio)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
@@ -455,7 +463,7 @@ def _check_inflated_size(data: bytes, limits: InputLimits) -> None:
         raise UnsupportedInputError("unreadable DICOM (corrupt deflated data)") from None
 
 
-def _dataset_offset(data: bytes, *, deflated: bool) -> int:
+def dataset_offset(data: bytes, *, deflated: bool) -> int:
     """Where the dataset starts after the preamble and a file meta group with its length.
 
     :param deflated: the file meta names the deflated transfer syntax: refuse it without the
