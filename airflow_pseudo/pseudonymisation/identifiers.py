@@ -245,7 +245,7 @@ class InstanceIdentifiers:
         own = tuple(i for i in self.identifiers if i.kind in _INSTANCE_KINDS)
         self._shared = _shared_matcher(shared)
         self._own = _Matcher(own)
-        self._automata: dict[tuple[str, ...], tuple[Any, Any, frozenset[str]]] = {}
+        self._searches: dict[tuple[str, ...], _Search] = {}
 
     @classmethod
     def from_dataset(
@@ -313,15 +313,16 @@ class InstanceIdentifiers:
         """
         key = tuple(encodings) if encodings is not None else ()
         haystack = text if lowered else _lower_same_length(text)
-        automata = self._automata.get(key)
-        if automata is None:
-            automata = self._automata[key] = self._own.automaton_beside(self._shared, key)
-        own, shared, overridden = automata
-        yield from heapq.merge(
-            _findings(own, haystack, frozenset(), raw=bool(key)),
-            _findings(shared, haystack, overridden, raw=bool(key)),
-            key=lambda finding: finding.end,
-        )
+        search = self._searches.get(key)
+        if search is None:
+            search = self._searches[key] = self._own.search_beside(self._shared, key)
+        raw = bool(key)
+        shared = _findings(search.shared_matches(haystack), haystack, search.overridden, raw=raw)
+        own = list(_findings(search.own_matches(haystack), haystack, frozenset(), raw=raw))
+        if own:
+            yield from heapq.merge(own, shared, key=_end)
+        else:
+            yield from shared
 
     def clean_text(self, text: str) -> str:
         """Return ``text`` with every identifying value removed (ambiguous ones included)."""
@@ -338,14 +339,20 @@ class InstanceIdentifiers:
         return re.sub(r"\s{2,}", " ", "".join(kept)).strip()
 
 
+def _end(finding: Finding) -> int:
+    return finding.end
+
+
+_Match = tuple[int, tuple[str, tuple["_Needle", ...]]]
+"""An automaton's match: the position of its last character, the form and its ranked kinds."""
+
+
 def _findings(
-    automaton: Any, haystack: str, skipped: frozenset[str], *, raw: bool
+    matches: Iterable[_Match], haystack: str, skipped: frozenset[str], *, raw: bool
 ) -> Iterator[Finding]:
-    """The automaton's matches that stand alone, in the order they end, one kind per match."""
-    if automaton is None:
-        return
+    """The matches that stand alone, in the order they end, one kind per match."""
     size = len(haystack)
-    for last, (form, needles) in automaton.iter(haystack):
+    for last, (form, needles) in matches:
         if form in skipped:
             continue  # the instance's automaton holds this form, with every kind
         for needle in needles:
@@ -375,20 +382,61 @@ class _Matcher:
             compiled = self._compiled[encodings] = (forms, _automaton(forms))
         return compiled
 
-    def automaton_beside(
-        self, shared: _Matcher, encodings: tuple[str, ...]
-    ) -> tuple[Any, Any, frozenset[str]]:
-        """This matcher's automaton and ``shared``'s, searched together as one would be.
+    def search_beside(self, shared: _Matcher, encodings: tuple[str, ...]) -> _Search:
+        """This matcher's forms and ``shared``'s, searched together as one automaton would be.
 
         A form both hold is searched in this one only, with the kinds of both ranked together.
-        :returns: this automaton, the shared one, and the forms to skip in the shared one.
         """
         shared_forms, shared_automaton = shared.compiled(encodings)
         forms = _merged_forms(self.needles, encodings)
         overridden = frozenset(form for form in forms if form in shared_forms)
         for form in overridden:
             forms[form] = _merge(forms[form], shared_forms[form])
-        return _automaton(forms), shared_automaton, overridden
+        own = _automaton(forms) if len(forms) > MAX_FORMS_FOUND_ALONE else None
+        return _Search(forms, own, shared_automaton, overridden)
+
+
+MAX_FORMS_FOUND_ALONE = 16
+"""An instance's own forms (its UIDs, its path), when no more, are each found by ``str.find``:
+a few passes over a file's text cost less than building an automaton for one instance."""
+
+
+class _Search(NamedTuple):
+    """How one instance's identifiers are searched in one set of encodings.
+
+    :param own_automaton: the instance's forms compiled, or ``None`` to find each alone.
+    :param overridden: forms of the shared automaton that ``own_forms`` holds (with every kind).
+    """
+
+    own_forms: dict[str, tuple[_Needle, ...]]
+    own_automaton: Any
+    shared_automaton: Any
+    overridden: frozenset[str]
+
+    def own_matches(self, haystack: str) -> Iterable[_Match]:
+        """The instance's forms in ``haystack``, in the order an automaton reports them."""
+        if self.own_automaton is not None:
+            return self.own_automaton.iter(haystack)  # type: ignore[no-any-return]
+        matches: list[_Match] = []
+        for form, needles in self.own_forms.items():
+            last = len(form) - 1
+            position = haystack.find(form)
+            while position >= 0:
+                matches.append((position + last, (form, needles)))
+                position = haystack.find(form, position + 1)
+        if len(matches) > 1:
+            matches.sort(key=_automaton_order)
+        return matches
+
+    def shared_matches(self, haystack: str) -> Iterable[_Match]:
+        if self.shared_automaton is None:
+            return ()
+        return self.shared_automaton.iter(haystack)  # type: ignore[no-any-return]
+
+
+def _automaton_order(match: _Match) -> tuple[int, int]:
+    """By end, and of forms ending together the longest first, as pyahocorasick reports them."""
+    return match[0], -len(match[1][0])
 
 
 @lru_cache(maxsize=64)
