@@ -43,6 +43,8 @@ __all__ = [
     "encodings_for",
     "is_registered_uid",
     "keyword_kind",
+    "may_identify",
+    "value_identifiers",
 ]
 
 Kind = Literal["name", "id", "date", "uid", "path", "address", "phone", "institution"]
@@ -272,19 +274,19 @@ class InstanceIdentifiers:
         """
         found: list[Identifier] = []
         for keyword, vr, value in values:
-            kind: Kind | None = _KEYWORD_KINDS.get(keyword)
-            if vr == "PN":
-                kind = "name"
-            elif vr == "UI":
-                if keyword in _SCHEME_UID_KEYWORDS or keyword.endswith("ClassUID"):
-                    continue
-                if value and not is_registered_uid(value):
-                    found.append(Identifier("uid", value))
-                continue
-            if kind is not None:
-                found.extend(_cached_identifiers_of(kind, value))
+            found += value_identifiers(keyword, vr, value)
+        return cls.derived(found, source_path)
+
+    @classmethod
+    def derived(
+        cls, found: list[Identifier], source_path: str | os.PathLike[str] | None = None
+    ) -> InstanceIdentifiers:
+        """The identifiers :func:`value_identifiers` gave for an original's values, and its path's.
+
+        :param found: the values' identifiers, in the values' order (extended in place).
+        """
         if source_path is not None:
-            found.extend(_path_identifiers(source_path))
+            found += _path_identifiers(source_path)
         return cls(found)
 
     def find(self, data: bytes, encodings: Sequence[str] = ("ascii",)) -> Iterator[Finding]:
@@ -345,6 +347,25 @@ def _end(finding: Finding) -> int:
 
 _Match = tuple[int, tuple[str, tuple["_Needle", ...]]]
 """An automaton's match: the position of its last character, the form and its ranked kinds."""
+
+
+def value_identifiers(keyword: str, vr: str, value: str) -> tuple[Identifier, ...]:
+    """The identifiers one value of an original reveals, by its attribute's VR and kind.
+
+    Standard UIDs and the UIDs of schemes and classes reveal no one; see :func:`keyword_kind`.
+    """
+    if not may_identify(keyword, vr):
+        return ()
+    if vr == "UI":
+        return (Identifier("uid", value),) if value and not is_registered_uid(value) else ()
+    return _cached_identifiers_of("name" if vr == "PN" else _KEYWORD_KINDS[keyword], value)
+
+
+def may_identify(keyword: str, vr: str) -> bool:
+    """Whether a value of this attribute may reveal an identifier (:func:`value_identifiers`)."""
+    if vr == "UI":
+        return keyword not in _SCHEME_UID_KEYWORDS and not keyword.endswith("ClassUID")
+    return vr == "PN" or keyword in _KEYWORD_KINDS
 
 
 def _findings(
@@ -416,7 +437,7 @@ class _Search(NamedTuple):
     def own_matches(self, haystack: str) -> Iterable[_Match]:
         """The instance's forms in ``haystack``, in the order an automaton reports them."""
         if self.own_automaton is not None:
-            return self.own_automaton.iter(haystack)  # type: ignore[no-any-return]
+            return self.own_automaton.iter(haystack)
         matches: list[_Match] = []
         for form, needles in self.own_forms.items():
             last = len(form) - 1
@@ -431,7 +452,7 @@ class _Search(NamedTuple):
     def shared_matches(self, haystack: str) -> Iterable[_Match]:
         if self.shared_automaton is None:
             return ()
-        return self.shared_automaton.iter(haystack)  # type: ignore[no-any-return]
+        return self.shared_automaton.iter(haystack)
 
 
 def _automaton_order(match: _Match) -> tuple[int, int]:
@@ -672,12 +693,29 @@ def _date_forms(text: str) -> Iterator[str]:
         yield separator.join((month, day, year))
 
 
-def _path_identifiers(path: str | os.PathLike[str]) -> Iterator[Identifier]:
-    pure = PurePath(os.fspath(path))
-    for part in (*pure.parts, pure.stem):
+def _path_identifiers(path: str | os.PathLike[str]) -> tuple[Identifier, ...]:
+    """The path's components that may identify: its folders', its file name and its stem."""
+    text = os.fspath(path)
+    folder, name = os.path.split(text)
+    if name in ("", ".", ".."):  # not a file name: pathlib decides what the parts are
+        pure = PurePath(text)
+        return _path_parts((*pure.parts, pure.stem))
+    return _folder_identifiers(folder) + _path_parts((name, PurePath(name).stem))
+
+
+@lru_cache(maxsize=256)
+def _folder_identifiers(folder: str) -> tuple[Identifier, ...]:
+    """:func:`_path_identifiers` of a folder, remembered: a run's files share a few folders."""
+    return _path_parts(PurePath(folder).parts)
+
+
+def _path_parts(parts: Iterable[str]) -> tuple[Identifier, ...]:
+    identifiers = []
+    for part in parts:
         name = part.strip("/\\")
         if len(name) >= MIN_PATH_COMPONENT_LENGTH and not _is_common(name.lower()):
-            yield Identifier("path", name)
+            identifiers.append(Identifier("path", name))
+    return tuple(identifiers)
 
 
 def _is_common(word: str) -> bool:

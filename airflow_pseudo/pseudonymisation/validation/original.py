@@ -8,7 +8,6 @@ structure the walker refuses) is read by pydicom, which tolerates more.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,7 +15,13 @@ import pydicom
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
-from airflow_pseudo.pseudonymisation.identifiers import InstanceIdentifiers, keyword_kind
+from airflow_pseudo.pseudonymisation.identifiers import (
+    Identifier,
+    InstanceIdentifiers,
+    keyword_kind,
+    may_identify,
+    value_identifiers,
+)
 from airflow_pseudo.pseudonymisation.validation.keys import ANCHORS
 from airflow_pseudo.pseudonymisation.validation.layout import (
     SPECIFIC_CHARACTER_SET,
@@ -26,7 +31,7 @@ from airflow_pseudo.pseudonymisation.validation.layout import (
     read_layout,
 )
 from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
-from airflow_pseudo.pseudonymisation.validation.values import texts
+from airflow_pseudo.pseudonymisation.validation.values import decoded_values, texts
 
 _ANCHOR_TAGS = frozenset(ANCHORS.values())
 _PLAN: dict[int, int] = {}
@@ -59,7 +64,7 @@ def read_original(data: bytes, source_path: str | None = None) -> Original:
 
 def from_layout(layout: Layout, source_path: str | None = None) -> Original:
     with quiet_pydicom("original"):
-        identifiers = InstanceIdentifiers.from_values(_identifying_values(layout), source_path)
+        identifiers = InstanceIdentifiers.derived(_identifiers(layout), source_path)
     anchors = {}
     for keyword, tag in ANCHORS.items():
         value = texts(layout, layout.top_level(tag))
@@ -87,10 +92,50 @@ def _identifying_tag(tag: int) -> bool:
     return implicit_vr(tag) in ("PN", "UI") or keyword_kind(keyword_for_tag(tag) or "") is not None
 
 
-def _identifying_values(layout: Layout) -> Iterator[tuple[str, str, str]]:
+def _identifiers(layout: Layout) -> list[Identifier]:
+    """The identifiers the original's values reveal, in the order of its elements."""
+    terms = tuple(layout.specific_character_set())
+    data = layout.data
+    found: list[Identifier] = []
     for element in layout.elements:
-        keyword = element.keyword
-        if element.vr in ("PN", "UI") or keyword_kind(keyword) is not None:
-            for value in texts(layout, element):
-                if value:
-                    yield keyword, element.vr, value
+        keyword = _identifying_keyword(element.tag, element.vr)
+        if keyword is None:
+            continue
+        raw = data[element.start : element.end]
+        if element.vr == "UI" or len(raw) > _REMEMBERED_LENGTH:
+            found += _element_identifiers(keyword, element.vr, raw, terms)
+        else:
+            found += _remembered_identifiers(keyword, element.vr, raw, terms)
+    return found
+
+
+_REMEMBERED_LENGTH = 256
+"""Values up to this size are remembered by their bytes: a series repeats its patient's values
+(UIDs are not remembered: most are the instance's own)."""
+
+
+@lru_cache(maxsize=16384)
+def _identifying_keyword(tag: int, vr: str) -> str | None:
+    """The keyword of an element whose values may identify, else ``None``."""
+    keyword = keyword_for_tag(tag) or ""
+    return keyword if may_identify(keyword, vr) else None
+
+
+def _element_identifiers(
+    keyword: str, vr: str, raw: bytes, terms: tuple[str, ...]
+) -> tuple[Identifier, ...]:
+    """The identifiers of one element's values, from its bytes in the file's character set."""
+    return tuple(
+        identifier
+        for value in decoded_values(raw, vr, terms)
+        if value
+        for identifier in value_identifiers(keyword, vr, value)
+    )
+
+
+@lru_cache(maxsize=16384)
+def _remembered_identifiers(
+    keyword: str, vr: str, raw: bytes, terms: tuple[str, ...]
+) -> tuple[Identifier, ...]:
+    """:func:`_element_identifiers`, remembered by the element's bytes."""
+    return _element_identifiers(keyword, vr, raw, terms)
