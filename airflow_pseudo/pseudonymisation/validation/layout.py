@@ -61,6 +61,9 @@ _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _LONG_LENGTH_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
 _VR_CODES = {vr.value.encode("ascii"): vr.value for vr in VR if " or " not in vr.value}
 _MAX_DEPTH = 64
+_LITTLE = (struct.Struct("<HH2sH"), struct.Struct("<I"))
+_BIG = (struct.Struct(">HH2sH"), struct.Struct(">I"))
+"""An explicit VR header (tag, VR, short length) and a 32-bit length, in each byte order."""
 
 Wanted = Callable[[int], bool]
 """Whether the checks want an element with this tag reported (at any depth)."""
@@ -230,7 +233,7 @@ class _Walker:
 
     def walk_meta(self, position: int) -> int:
         data = self.layout.data
-        while position + 8 <= len(data) and struct.unpack_from("<H", data, position)[0] == 2:
+        while position + 8 <= len(data) and data[position : position + 2] == b"\x02\x00":
             tag, vr, length, start = self._header(position, implicit=False, little=True)
             end = self._end(start, length)
             self.layout.elements.append(Element(tag, vr or "UN", start, end))
@@ -392,19 +395,19 @@ class _Walker:
         data = self.layout.data
         if position + 8 > len(data):
             raise UnreadableOutputError("truncated: the file ends inside an element header")
-        order = "<" if little else ">"
-        group, number = struct.unpack_from(order + "HH", data, position)
+        header, uint32 = _LITTLE if little else _BIG
+        group, number, code, length = header.unpack_from(data, position)
         tag = group << 16 | number
         if group == 0xFFFE or implicit:
-            return tag, None, struct.unpack_from(order + "I", data, position + 4)[0], position + 8
-        vr = _VR_CODES.get(data[position + 4 : position + 6])
+            return tag, None, uint32.unpack_from(data, position + 4)[0], position + 8
+        vr = _VR_CODES.get(code)
         if vr is None:
             raise UnreadableOutputError("unexpected VR bytes")
         if vr in _LONG_LENGTH_VRS:
             if position + 12 > len(data):
                 raise UnreadableOutputError("truncated: the file ends inside an element header")
-            return tag, vr, struct.unpack_from(order + "I", data, position + 8)[0], position + 12
-        return tag, vr, struct.unpack_from(order + "H", data, position + 6)[0], position + 8
+            return tag, vr, uint32.unpack_from(data, position + 8)[0], position + 12
+        return tag, vr, length, position + 8
 
     def _end(self, start: int, length: int) -> int:
         if length == UNDEFINED_LENGTH or start + length > len(self.layout.data):
