@@ -98,14 +98,14 @@ def _identifiers(layout: Layout) -> list[Identifier]:
     data = layout.data
     found: list[Identifier] = []
     for element in layout.elements:
-        keyword = _identifying_keyword(element.tag, element.vr)
-        if keyword is None:
+        vr = element.vr
+        if vr != "UI" and element.end - element.start <= _REMEMBERED_LENGTH:
+            raw = data[element.start : element.end]
+            found += _remembered_identifiers(element.tag, vr, raw, terms)
             continue
-        raw = data[element.start : element.end]
-        if element.vr == "UI" or len(raw) > _REMEMBERED_LENGTH:
-            found += _element_identifiers(keyword, element.vr, raw, terms)
-        else:
-            found += _remembered_identifiers(keyword, element.vr, raw, terms)
+        keyword = _identifying_keyword(element.tag, vr)
+        if keyword is not None:
+            found += _value_identifiers(keyword, vr, data[element.start : element.end], terms)
     return found
 
 
@@ -121,7 +121,16 @@ def _identifying_keyword(tag: int, vr: str) -> str | None:
     return keyword if may_identify(keyword, vr) else None
 
 
-def _element_identifiers(
+@lru_cache(maxsize=16384)
+def _remembered_identifiers(
+    tag: int, vr: str, raw: bytes, terms: tuple[str, ...]
+) -> tuple[Identifier, ...]:
+    """The identifiers of one element's values, remembered by its bytes."""
+    keyword = _identifying_keyword(tag, vr)
+    return () if keyword is None else _value_identifiers(keyword, vr, raw, terms)
+
+
+def _value_identifiers(
     keyword: str, vr: str, raw: bytes, terms: tuple[str, ...]
 ) -> tuple[Identifier, ...]:
     """The identifiers of one element's values, from its bytes in the file's character set."""
@@ -131,11 +140,3 @@ def _element_identifiers(
         if value
         for identifier in value_identifiers(keyword, vr, value)
     )
-
-
-@lru_cache(maxsize=16384)
-def _remembered_identifiers(
-    keyword: str, vr: str, raw: bytes, terms: tuple[str, ...]
-) -> tuple[Identifier, ...]:
-    """:func:`_element_identifiers`, remembered by the element's bytes."""
-    return _element_identifiers(keyword, vr, raw, terms)
