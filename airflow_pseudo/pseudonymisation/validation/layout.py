@@ -61,6 +61,11 @@ _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _LONG_LENGTH_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
 _VR_CODES = {vr.value.encode("ascii"): vr.value for vr in VR if " or " not in vr.value}
 _MAX_DEPTH = 64
+_GROUP_LENGTH_HEADER = b"\x02\x00\x00\x00UL\x04\x00"
+"""The header of (0002,0000) FileMetaInformationGroupLength, explicit VR little endian."""
+_UINT32 = struct.Struct("<I")
+_META_PLAN: dict[int, int] = {}
+"""The scanner's plan for file meta: every element reported."""
 _LITTLE = (struct.Struct("<HH2sH"), struct.Struct("<I"))
 _BIG = (struct.Struct(">HH2sH"), struct.Struct(">I"))
 """An explicit VR header (tag, VR, short length) and a 32-bit length, in each byte order."""
@@ -232,17 +237,48 @@ class _Walker:
         self.transfer_syntax = ""
 
     def walk_meta(self, position: int) -> int:
+        """Record the file meta's elements and its transfer syntax; return where it ends."""
+        first = len(self.layout.elements)
+        end = self._scan_meta(position)
+        if end is None:
+            end = self._walk_meta(position)
+        for element in self.layout.elements[first:]:
+            if element.tag == 0x00020010:
+                syntax = self.layout.raw(element).decode("ascii", "replace")
+                self.transfer_syntax = syntax.strip("\x00 ")
+        if not self.transfer_syntax:
+            raise UnreadableOutputError("no transfer syntax in file meta")
+        return end
+
+    def _walk_meta(self, position: int) -> int:
         data = self.layout.data
         while position + 8 <= len(data) and data[position : position + 2] == b"\x02\x00":
             tag, vr, length, start = self._header(position, implicit=False, little=True)
             end = self._end(start, length)
             self.layout.elements.append(Element(tag, vr or "UN", start, end))
-            if tag == 0x00020010:
-                self.transfer_syntax = data[start:end].decode("ascii", "replace").strip("\x00 ")
             position = end
-        if not self.transfer_syntax:
-            raise UnreadableOutputError("no transfer syntax in file meta")
         return position
+
+    def _scan_meta(self, position: int) -> int | None:
+        """Scan the file meta where its group length says it ends; ``None`` when it does not.
+
+        The scan stands for the walk only where the walk would find the same: every element of
+        group 2 up to there, the next one not, and no undefined length (the walk refuses those).
+        """
+        data = self.layout.data
+        if data[position : position + 8] != _GROUP_LENGTH_HEADER:
+            return None
+        end = position + 12 + _UINT32.unpack_from(data, position + 8)[0]
+        try:
+            events, reached, _ = scan_level(data, position, end, False, _META_PLAN, _report)
+        except (FastPathUnsupported, TruncatedFileError):
+            return None
+        if reached != end or (data[end : end + 2] == b"\x02\x00" and end + 8 <= len(data)):
+            return None
+        if any(e[0] != ELEMENT or e[1] >> 16 != 2 or e[3] == UNDEFINED_LENGTH for e in events):
+            return None
+        self.layout.elements += (Element(e[1], e[2], e[5], e[6]) for e in events)
+        return end
 
     def walk(self, position: int, end: int, path: tuple[tuple[int, int], ...], depth: int) -> int:
         """Walk one dataset level up to ``end`` (or its item delimiter); return where it ended."""
@@ -413,6 +449,10 @@ class _Walker:
         if length == UNDEFINED_LENGTH or start + length > len(self.layout.data):
             raise UnreadableOutputError("truncated: a value runs past the end of the file")
         return start + length
+
+
+def _report(tag: int) -> int:
+    return REPORT
 
 
 def _non_image_segments(data: bytes, start: int, end: int) -> Iterator[Segment]:
