@@ -6,9 +6,11 @@ and other IDs and their issuers, accession number, study ID, dates of birth and 
 people write them, addresses, telephone numbers, institution and department names, the original
 non-registered UIDs and the components of the input path), each with its kind.
 
-:class:`InstanceIdentifiers` compiles them into one Aho-Corasick automaton (pyahocorasick), so
-finding all of them costs one pass over the data, whatever their number. Each match is then
-kept only if its boundaries fit its kind: a name on word boundaries,
+:class:`InstanceIdentifiers` compiles the patient's into one Aho-Corasick automaton
+(pyahocorasick), so finding all of them costs one pass over the data, whatever their number; the
+instance's own few (its UIDs, its path's parts) are each found by ``str.find``, which costs less
+than an automaton built for one instance. Each match is then kept only if its boundaries fit
+its kind: a name on word boundaries,
 case-insensitively; an ID, a date or a UID only as a whole token, never digits inside a UID or a
 longer number. Values too short or too common to prove anything alone (a four-digit ID, a
 two-letter name, a name that is an ordinary
