@@ -161,11 +161,8 @@ class Layout:
 
     def top_level(self, tag: int) -> Element | None:
         """The top-level (or file meta) element with ``tag``."""
-        if self._top is None:
-            self._top = {}
-            for element in self.elements:
-                if not element.path:
-                    self._top.setdefault(element.tag, element)
+        if self._top is None:  # built from the end, so that the first of a tag is kept
+            self._top = {e.tag: e for e in reversed(self.elements) if not e.path}
         return self._top.get(tag)
 
     def nested(self, sequence: int, tag: int) -> Iterator[Element]:

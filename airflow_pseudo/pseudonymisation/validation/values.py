@@ -15,7 +15,7 @@ def texts(layout: Layout, element: Element | None) -> list[str]:
     """The values of a text element, decoded and stripped (empty for a missing element)."""
     if element is None:
         return []
-    raw = layout.raw(element).rstrip(TEXT_PADDING)
+    raw = layout.data[element.start : element.end].rstrip(TEXT_PADDING)
     if not raw:
         return []
     if raw.isascii() or element.vr not in _DECODED_VRS:
