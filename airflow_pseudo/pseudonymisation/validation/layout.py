@@ -33,6 +33,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from airflow_pseudo.pseudonymisation.scanner import (
     DICTIONARY_SQ,
     ELEMENT,
+    FOLD,
     KEEP,
     REPORT,
     FastPathUnsupported,
@@ -61,6 +62,9 @@ _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _LONG_LENGTH_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
 _VR_CODES = {vr.value.encode("ascii"): vr.value for vr in VR if " or " not in vr.value}
 _MAX_DEPTH = 64
+_FOLD_DEPTH = 8
+"""Levels of items the scanner looks into for a sequence with nothing wanted, to skip it whole;
+within :data:`_MAX_DEPTH` of the top, so that a skipped sequence is one the walk would accept."""
 _GROUP_LENGTH_HEADER = b"\x02\x00\x00\x00UL\x04\x00"
 """The header of (0002,0000) FileMetaInformationGroupLength, explicit VR little endian."""
 _UINT32 = struct.Struct("<I")
@@ -317,7 +321,9 @@ class _Walker:
 
         def classify(tag: int) -> int:
             code = REPORT if wanted(tag) or tag in PIXEL_DATA_TAGS else KEEP
-            return code | (DICTIONARY_SQ if implicit_vr(tag) == "SQ" else 0)
+            if implicit_vr(tag) != "SQ":
+                return code
+            return code | DICTIONARY_SQ | (0 if tag in WALKED_SEQUENCES else FOLD)
 
         self._scan_level(position, len(self.layout.data), (), plan, classify, 0)
 
@@ -333,7 +339,10 @@ class _Walker:
         if depth > _MAX_DEPTH:
             raise UnreadableOutputError("sequences nested too deeply")
         data = self.layout.data
-        events, position, skipped = scan_level(data, position, end, self.implicit, plan, classify)
+        nested = (plan, classify, _FOLD_DEPTH) if depth + _FOLD_DEPTH <= _MAX_DEPTH else None
+        events, position, skipped = scan_level(
+            data, position, end, self.implicit, plan, classify, (), nested
+        )
         self.layout.private_elements += skipped
         for event in events:
             if event[0] != ELEMENT:
