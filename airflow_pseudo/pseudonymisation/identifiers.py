@@ -245,9 +245,11 @@ class InstanceIdentifiers:
 
     def __init__(self, identifiers: Iterable[Identifier]) -> None:
         self.identifiers: tuple[Identifier, ...] = tuple(dict.fromkeys(identifiers))
-        shared = tuple(i for i in self.identifiers if i.kind not in _INSTANCE_KINDS)
-        own = tuple(i for i in self.identifiers if i.kind in _INSTANCE_KINDS)
-        self._shared = _shared_matcher(shared)
+        shared: list[Identifier] = []
+        own: list[Identifier] = []
+        for identifier in self.identifiers:
+            (own if identifier.kind in _INSTANCE_KINDS else shared).append(identifier)
+        self._shared = _shared_matcher(tuple(shared))
         self._own = _Matcher(own)
         self._searches: dict[tuple[str, ...], _Search] = {}
 
