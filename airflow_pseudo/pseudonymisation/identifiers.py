@@ -283,15 +283,15 @@ class InstanceIdentifiers:
 
     @classmethod
     def derived(
-        cls, found: list[Identifier], source_path: str | os.PathLike[str] | None = None
+        cls, found: Iterable[Identifier], source_path: str | os.PathLike[str] | None = None
     ) -> InstanceIdentifiers:
         """The identifiers :func:`value_identifiers` gave for an original's values, and its path's.
 
-        :param found: the values' identifiers, in the values' order (extended in place).
+        :param found: the values' identifiers, in the values' order.
         """
-        if source_path is not None:
-            found += _path_identifiers(source_path)
-        return cls(found)
+        if source_path is None:
+            return cls(found)
+        return cls([*found, *_path_identifiers(source_path)])
 
     def find(self, data: bytes, encodings: Sequence[str] = ("ascii",)) -> Iterator[Finding]:
         """Yield every identifier in ``data``, text encoded in one of ``encodings``.
@@ -349,7 +349,7 @@ def _end(finding: Finding) -> int:
     return finding.end
 
 
-_Match = tuple[int, tuple[str, tuple["_Needle", ...]]]
+_Match = tuple[int, tuple[str, tuple[_Needle, ...]]]
 """An automaton's match: the position of its last character, the form and its ranked kinds."""
 
 

@@ -18,6 +18,7 @@ from airflow_pseudo.pseudonymisation.engine import TOOL_NAME
 from airflow_pseudo.pseudonymisation.sources import MAX_UID_LENGTH, UID_PATTERN
 from airflow_pseudo.pseudonymisation.validation.layout import Layout
 from airflow_pseudo.pseudonymisation.validation.values import (
+    REMEMBERED_LENGTH,
     TEXT_PADDING,
     decoded_values,
     text,
@@ -58,7 +59,7 @@ def uid_problems(layout: Layout) -> Iterator[str]:
         if element.vr != "UI":
             continue
         raw = data[element.start : element.end]
-        valid = _valid_uids_raw(raw) if len(raw) <= _REMEMBERED_LENGTH else _valid_uids(raw)
+        valid = _valid_uids_raw(raw) if len(raw) <= REMEMBERED_LENGTH else _valid_uids(raw)
         if not valid:
             yield f"invalid UID in {element.name}"
 
@@ -89,16 +90,12 @@ def value_problems(layout: Layout, written: Callable[[int], bool]) -> Iterator[s
         if vr not in CHECKED_VRS or not written(element.tag):
             continue
         raw = data[element.start : element.end]
-        if len(raw) <= _REMEMBERED_LENGTH:
+        if len(raw) <= REMEMBERED_LENGTH:
             valid = _valid_raw(vr, raw, terms)
         else:
             valid = _all_valid(vr, raw, terms)
         if not valid:
             yield f"invalid {vr} value in {element.name}"
-
-
-_REMEMBERED_LENGTH = 256
-"""Values up to this size are remembered by their bytes: dates, codes and names recur."""
 
 
 def _all_valid(vr: str, raw: bytes, terms: tuple[str, ...]) -> bool:

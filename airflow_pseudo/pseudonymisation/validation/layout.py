@@ -67,7 +67,6 @@ _FOLD_DEPTH = 8
 within :data:`_MAX_DEPTH` of the top, so that a skipped sequence is one the walk would accept."""
 _GROUP_LENGTH_HEADER = b"\x02\x00\x00\x00UL\x04\x00"
 """The header of (0002,0000) FileMetaInformationGroupLength, explicit VR little endian."""
-_UINT32 = struct.Struct("<I")
 _META_PLAN: dict[int, int] = {}
 """The scanner's plan for file meta: every element reported."""
 _LITTLE = (struct.Struct("<HH2sH"), struct.Struct("<I"))
@@ -269,7 +268,7 @@ class _Walker:
         data = self.layout.data
         if data[position : position + 8] != _GROUP_LENGTH_HEADER:
             return None
-        end = position + 12 + _UINT32.unpack_from(data, position + 8)[0]
+        end = position + 12 + int.from_bytes(data[position + 8 : position + 12], "little")
         try:
             events, reached, _ = scan_level(data, position, end, False, _META_PLAN, _report)
         except (FastPathUnsupported, TruncatedFileError):
@@ -458,6 +457,7 @@ class _Walker:
 
 
 def _report(tag: int) -> int:
+    """The file meta's plan: every element reported."""
     return REPORT
 
 

@@ -31,7 +31,11 @@ from airflow_pseudo.pseudonymisation.validation.layout import (
     read_layout,
 )
 from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
-from airflow_pseudo.pseudonymisation.validation.values import decoded_values, texts
+from airflow_pseudo.pseudonymisation.validation.values import (
+    REMEMBERED_LENGTH,
+    decoded_values,
+    texts,
+)
 
 _ANCHOR_TAGS = frozenset(ANCHORS.values())
 _PLAN: dict[int, int] = {}
@@ -93,13 +97,17 @@ def _identifying_tag(tag: int) -> bool:
 
 
 def _identifiers(layout: Layout) -> list[Identifier]:
-    """The identifiers the original's values reveal, in the order of its elements."""
+    """The identifiers the original's values reveal, in the order of its elements.
+
+    A series repeats its patient's values, so short ones are remembered by their bytes; UIDs are
+    not, as most are the instance's own.
+    """
     terms = tuple(layout.specific_character_set())
     data = layout.data
     found: list[Identifier] = []
     for element in layout.elements:
         vr = element.vr
-        if vr != "UI" and element.end - element.start <= _REMEMBERED_LENGTH:
+        if vr != "UI" and element.end - element.start <= REMEMBERED_LENGTH:
             raw = data[element.start : element.end]
             found += _remembered_identifiers(element.tag, vr, raw, terms)
             continue
@@ -107,11 +115,6 @@ def _identifiers(layout: Layout) -> list[Identifier]:
         if keyword is not None:
             found += _value_identifiers(keyword, vr, data[element.start : element.end], terms)
     return found
-
-
-_REMEMBERED_LENGTH = 256
-"""Values up to this size are remembered by their bytes: a series repeats its patient's values
-(UIDs are not remembered: most are the instance's own)."""
 
 
 @lru_cache(maxsize=16384)

@@ -9,6 +9,8 @@ from pydicom.charset import convert_encodings, decode_bytes
 from airflow_pseudo.pseudonymisation.validation.layout import Element, Layout
 
 TEXT_PADDING = b"\x00 "
+REMEMBERED_LENGTH = 256
+"""Values up to this size are remembered by their bytes: dates, codes and names recur."""
 
 
 def texts(layout: Layout, element: Element | None) -> list[str]:
