@@ -107,6 +107,11 @@ class Element(NamedTuple):
         return _keyword(self.tag)
 
 
+_element = tuple.__new__
+"""An :class:`Element` from all its fields, without the Python-level call of a NamedTuple's
+``__new__``: the walks make one per element of every file."""
+
+
 @dataclass(frozen=True)
 class Segment:
     """A non-image range of an encapsulated frame (JPEG marker segments, a J2K main header)."""
@@ -277,7 +282,9 @@ class _Walker:
             return None
         if any(e[0] != ELEMENT or e[1] >> 16 != 2 or e[3] == UNDEFINED_LENGTH for e in events):
             return None
-        self.layout.elements += (Element(e[1], e[2], e[5], e[6]) for e in events)
+        self.layout.elements += (
+            _element(Element, (e[1], e[2], e[5], e[6], (), None)) for e in events
+        )
         return end
 
     def walk(self, position: int, end: int, path: tuple[tuple[int, int], ...], depth: int) -> int:
@@ -311,7 +318,9 @@ class _Walker:
                     creators[number] = text
                 elif number >= 0x1000:
                     creator = creators.get(number >> 8, "no creator")
-            self.layout.elements.append(Element(tag, vr, start, value_end, path, creator))
+            self.layout.elements.append(
+                _element(Element, (tag, vr, start, value_end, path, creator))
+            )
             position = value_end
         return position
 
@@ -361,7 +370,9 @@ class _Walker:
                     self._scan_items(tag, value, element_end, path, plan, classify, depth)
                 self.implicit = saved
             else:
-                self.layout.elements.append(Element(tag, vr, value, element_end, path))
+                self.layout.elements.append(
+                    _element(Element, (tag, vr, value, element_end, path, None))
+                )
         return position
 
     def _scan_items(
