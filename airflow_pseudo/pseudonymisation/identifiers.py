@@ -6,9 +6,11 @@ and other IDs and their issuers, accession number, study ID, dates of birth and 
 people write them, addresses, telephone numbers, institution and department names, the original
 non-registered UIDs and the components of the input path), each with its kind.
 
-:class:`InstanceIdentifiers` compiles them into one Aho-Corasick automaton (pyahocorasick), so
-finding all of them costs one pass over the data, whatever their number. Each match is then
-kept only if its boundaries fit its kind: a name on word boundaries,
+:class:`InstanceIdentifiers` compiles the patient's into one Aho-Corasick automaton
+(pyahocorasick), so finding all of them costs one pass over the data, whatever their number; the
+instance's own few (its UIDs, its path's parts) are each found by ``str.find``, which costs less
+than an automaton built for one instance. Each match is then kept only if its boundaries fit
+its kind: a name on word boundaries,
 case-insensitively; an ID, a date or a UID only as a whole token, never digits inside a UID or a
 longer number. Values too short or too common to prove anything alone (a four-digit ID, a
 two-letter name, a name that is an ordinary
@@ -43,6 +45,8 @@ __all__ = [
     "encodings_for",
     "is_registered_uid",
     "keyword_kind",
+    "may_identify",
+    "value_identifiers",
 ]
 
 Kind = Literal["name", "id", "date", "uid", "path", "address", "phone", "institution"]
@@ -241,11 +245,13 @@ class InstanceIdentifiers:
 
     def __init__(self, identifiers: Iterable[Identifier]) -> None:
         self.identifiers: tuple[Identifier, ...] = tuple(dict.fromkeys(identifiers))
-        shared = tuple(i for i in self.identifiers if i.kind not in _INSTANCE_KINDS)
-        own = tuple(i for i in self.identifiers if i.kind in _INSTANCE_KINDS)
-        self._shared = _shared_matcher(shared)
+        shared: list[Identifier] = []
+        own: list[Identifier] = []
+        for identifier in self.identifiers:
+            (own if identifier.kind in _INSTANCE_KINDS else shared).append(identifier)
+        self._shared = _shared_matcher(tuple(shared))
         self._own = _Matcher(own)
-        self._automata: dict[tuple[str, ...], tuple[Any, Any, frozenset[str]]] = {}
+        self._searches: dict[tuple[str, ...], _Search] = {}
 
     @classmethod
     def from_dataset(
@@ -272,20 +278,20 @@ class InstanceIdentifiers:
         """
         found: list[Identifier] = []
         for keyword, vr, value in values:
-            kind: Kind | None = _KEYWORD_KINDS.get(keyword)
-            if vr == "PN":
-                kind = "name"
-            elif vr == "UI":
-                if keyword in _SCHEME_UID_KEYWORDS or keyword.endswith("ClassUID"):
-                    continue
-                if value and not is_registered_uid(value):
-                    found.append(Identifier("uid", value))
-                continue
-            if kind is not None:
-                found.extend(_cached_identifiers_of(kind, value))
-        if source_path is not None:
-            found.extend(_path_identifiers(source_path))
-        return cls(found)
+            found += value_identifiers(keyword, vr, value)
+        return cls.derived(found, source_path)
+
+    @classmethod
+    def derived(
+        cls, found: Iterable[Identifier], source_path: str | os.PathLike[str] | None = None
+    ) -> InstanceIdentifiers:
+        """The identifiers :func:`value_identifiers` gave for an original's values, and its path's.
+
+        :param found: the values' identifiers, in the values' order.
+        """
+        if source_path is None:
+            return cls(found)
+        return cls([*found, *_path_identifiers(source_path)])
 
     def find(self, data: bytes, encodings: Sequence[str] = ("ascii",)) -> Iterator[Finding]:
         """Yield every identifier in ``data``, text encoded in one of ``encodings``.
@@ -313,15 +319,16 @@ class InstanceIdentifiers:
         """
         key = tuple(encodings) if encodings is not None else ()
         haystack = text if lowered else _lower_same_length(text)
-        automata = self._automata.get(key)
-        if automata is None:
-            automata = self._automata[key] = self._own.automaton_beside(self._shared, key)
-        own, shared, overridden = automata
-        yield from heapq.merge(
-            _findings(own, haystack, frozenset(), raw=bool(key)),
-            _findings(shared, haystack, overridden, raw=bool(key)),
-            key=lambda finding: finding.end,
-        )
+        search = self._searches.get(key)
+        if search is None:
+            search = self._searches[key] = self._own.search_beside(self._shared, key)
+        raw = bool(key)
+        shared = _findings(search.shared_matches(haystack), haystack, search.overridden, raw=raw)
+        own = list(_findings(search.own_matches(haystack), haystack, frozenset(), raw=raw))
+        if own:
+            yield from heapq.merge(own, shared, key=_end)
+        else:
+            yield from shared
 
     def clean_text(self, text: str) -> str:
         """Return ``text`` with every identifying value removed (ambiguous ones included)."""
@@ -338,14 +345,39 @@ class InstanceIdentifiers:
         return re.sub(r"\s{2,}", " ", "".join(kept)).strip()
 
 
+def _end(finding: Finding) -> int:
+    return finding.end
+
+
+_Match = tuple[int, tuple[str, tuple[_Needle, ...]]]
+"""An automaton's match: the position of its last character, the form and its ranked kinds."""
+
+
+def value_identifiers(keyword: str, vr: str, value: str) -> tuple[Identifier, ...]:
+    """The identifiers one value of an original reveals, by its attribute's VR and kind.
+
+    Standard UIDs and the UIDs of schemes and classes reveal no one; see :func:`keyword_kind`.
+    """
+    if not may_identify(keyword, vr):
+        return ()
+    if vr == "UI":
+        return (Identifier("uid", value),) if value and not is_registered_uid(value) else ()
+    return _cached_identifiers_of("name" if vr == "PN" else _KEYWORD_KINDS[keyword], value)
+
+
+def may_identify(keyword: str, vr: str) -> bool:
+    """Whether a value of this attribute may reveal an identifier (:func:`value_identifiers`)."""
+    if vr == "UI":
+        return keyword not in _SCHEME_UID_KEYWORDS and not keyword.endswith("ClassUID")
+    return vr == "PN" or keyword in _KEYWORD_KINDS
+
+
 def _findings(
-    automaton: Any, haystack: str, skipped: frozenset[str], *, raw: bool
+    matches: Iterable[_Match], haystack: str, skipped: frozenset[str], *, raw: bool
 ) -> Iterator[Finding]:
-    """The automaton's matches that stand alone, in the order they end, one kind per match."""
-    if automaton is None:
-        return
+    """The matches that stand alone, in the order they end, one kind per match."""
     size = len(haystack)
-    for last, (form, needles) in automaton.iter(haystack):
+    for last, (form, needles) in matches:
         if form in skipped:
             continue  # the instance's automaton holds this form, with every kind
         for needle in needles:
@@ -375,20 +407,61 @@ class _Matcher:
             compiled = self._compiled[encodings] = (forms, _automaton(forms))
         return compiled
 
-    def automaton_beside(
-        self, shared: _Matcher, encodings: tuple[str, ...]
-    ) -> tuple[Any, Any, frozenset[str]]:
-        """This matcher's automaton and ``shared``'s, searched together as one would be.
+    def search_beside(self, shared: _Matcher, encodings: tuple[str, ...]) -> _Search:
+        """This matcher's forms and ``shared``'s, searched together as one automaton would be.
 
         A form both hold is searched in this one only, with the kinds of both ranked together.
-        :returns: this automaton, the shared one, and the forms to skip in the shared one.
         """
         shared_forms, shared_automaton = shared.compiled(encodings)
         forms = _merged_forms(self.needles, encodings)
         overridden = frozenset(form for form in forms if form in shared_forms)
         for form in overridden:
             forms[form] = _merge(forms[form], shared_forms[form])
-        return _automaton(forms), shared_automaton, overridden
+        own = _automaton(forms) if len(forms) > MAX_FORMS_FOUND_ALONE else None
+        return _Search(forms, own, shared_automaton, overridden)
+
+
+MAX_FORMS_FOUND_ALONE = 16
+"""An instance's own forms (its UIDs, its path), when no more, are each found by ``str.find``:
+a few passes over a file's text cost less than building an automaton for one instance."""
+
+
+class _Search(NamedTuple):
+    """How one instance's identifiers are searched in one set of encodings.
+
+    :param own_automaton: the instance's forms compiled, or ``None`` to find each alone.
+    :param overridden: forms of the shared automaton that ``own_forms`` holds (with every kind).
+    """
+
+    own_forms: dict[str, tuple[_Needle, ...]]
+    own_automaton: Any
+    shared_automaton: Any
+    overridden: frozenset[str]
+
+    def own_matches(self, haystack: str) -> Iterable[_Match]:
+        """The instance's forms in ``haystack``, in the order an automaton reports them."""
+        if self.own_automaton is not None:
+            return self.own_automaton.iter(haystack)
+        matches: list[_Match] = []
+        for form, needles in self.own_forms.items():
+            last = len(form) - 1
+            position = haystack.find(form)
+            while position >= 0:
+                matches.append((position + last, (form, needles)))
+                position = haystack.find(form, position + 1)
+        if len(matches) > 1:
+            matches.sort(key=_automaton_order)
+        return matches
+
+    def shared_matches(self, haystack: str) -> Iterable[_Match]:
+        if self.shared_automaton is None:
+            return ()
+        return self.shared_automaton.iter(haystack)
+
+
+def _automaton_order(match: _Match) -> tuple[int, int]:
+    """By end, and of forms ending together the longest first, as pyahocorasick reports them."""
+    return match[0], -len(match[1][0])
 
 
 @lru_cache(maxsize=64)
@@ -624,12 +697,29 @@ def _date_forms(text: str) -> Iterator[str]:
         yield separator.join((month, day, year))
 
 
-def _path_identifiers(path: str | os.PathLike[str]) -> Iterator[Identifier]:
-    pure = PurePath(os.fspath(path))
-    for part in (*pure.parts, pure.stem):
+def _path_identifiers(path: str | os.PathLike[str]) -> tuple[Identifier, ...]:
+    """The path's components that may identify: its folders', its file name and its stem."""
+    text = os.fspath(path)
+    folder, name = os.path.split(text)
+    if name in ("", ".", ".."):  # not a file name: pathlib decides what the parts are
+        pure = PurePath(text)
+        return _path_parts((*pure.parts, pure.stem))
+    return _folder_identifiers(folder) + _path_parts((name, PurePath(name).stem))
+
+
+@lru_cache(maxsize=256)
+def _folder_identifiers(folder: str) -> tuple[Identifier, ...]:
+    """:func:`_path_identifiers` of a folder, remembered: a run's files share a few folders."""
+    return _path_parts(PurePath(folder).parts)
+
+
+def _path_parts(parts: Iterable[str]) -> tuple[Identifier, ...]:
+    identifiers = []
+    for part in parts:
         name = part.strip("/\\")
         if len(name) >= MIN_PATH_COMPONENT_LENGTH and not _is_common(name.lower()):
-            yield Identifier("path", name)
+            identifiers.append(Identifier("path", name))
+    return tuple(identifiers)
 
 
 def _is_common(word: str) -> bool:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 import pytest
 from pydicom.dataset import Dataset
 
+from airflow_pseudo.pseudonymisation import identifiers as identifiers_module
 from airflow_pseudo.pseudonymisation.identifiers import (
     Identifier,
     InstanceIdentifiers,
+    _vocabulary,
     encodings_for,
 )
 from airflow_pseudo.testing import FakePatient, make_instance
@@ -145,3 +149,50 @@ def test_a_value_of_the_patient_and_of_the_instance_is_found_once_as_the_most_sp
         ("id", "12345678", False),
         ("uid", "1.2.3.4", False),
     ]
+
+
+def test_an_instances_few_own_forms_are_found_as_an_automaton_finds_them(monkeypatch):
+    """Found one by one, the instance's UIDs and path parts come in the automaton's order:
+    by end, the longer of two ending together first, overlapping ones and repeats included."""
+    identifiers = [
+        Identifier("uid", "1.2.3.4"),
+        Identifier("path", "xx-1.2.3.4"),
+        Identifier("path", "alpha-beta"),
+        Identifier("path", "beta-gamma"),
+        Identifier("uid", "7.7.7"),
+        Identifier("name", "Testperson"),
+        Identifier("id", "12345678"),
+    ]
+    text = "xx-1.2.3.4 alpha-beta-gamma 7.7.7/7.7.7 Testperson 12345678 1.2.3.4.5"
+    alone = list(InstanceIdentifiers(identifiers).find_text(text))
+    monkeypatch.setattr(identifiers_module, "MAX_FORMS_FOUND_ALONE", 0)
+    assert list(InstanceIdentifiers(identifiers).find_text(text)) == alone
+    assert [text[f.start : f.end] for f in alone] == [
+        "xx-1.2.3.4",
+        "1.2.3.4",
+        "alpha-beta",
+        "beta-gamma",
+        "7.7.7",
+        "7.7.7",
+        "Testperson",
+        "12345678",
+    ]
+
+
+def test_path_parts_are_those_pathlib_gives():
+    """The folders' parts are remembered apart from the file's name; the parts are the same."""
+    for path in (
+        "/archive/Testperson_Alice/study/pt001-im0001.dcm",
+        "relative/Testperson_Alice/scan.tar.gz",
+        "Testperson_Alice.dcm",
+        "/archive/Testperson_Alice/",
+        "/archive/Testperson_Alice/.",
+        "/archive/Testperson_Alice/..",
+        "//server/Testperson_Alice/.hidden_file",
+        "",
+    ):
+        pure = PurePath(path)
+        expected = [p.strip("/\\") for p in (*pure.parts, pure.stem)]
+        expected = [p for p in expected if len(p) >= 6 and p.lower() not in _vocabulary()]
+        found = InstanceIdentifiers.from_values([], path).identifiers
+        assert [i.value for i in found] == list(dict.fromkeys(expected)), path

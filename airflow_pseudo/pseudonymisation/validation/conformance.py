@@ -18,6 +18,7 @@ from airflow_pseudo.pseudonymisation.engine import TOOL_NAME
 from airflow_pseudo.pseudonymisation.sources import MAX_UID_LENGTH, UID_PATTERN
 from airflow_pseudo.pseudonymisation.validation.layout import Layout
 from airflow_pseudo.pseudonymisation.validation.values import (
+    REMEMBERED_LENGTH,
     TEXT_PADDING,
     decoded_values,
     text,
@@ -53,14 +54,28 @@ MARKER_TAGS = frozenset(
 
 def uid_problems(layout: Layout) -> Iterator[str]:
     """Each element holding a malformed or over-long UID."""
+    data = layout.data
     for element in layout.elements:
         if element.vr != "UI":
             continue
-        for raw in layout.raw(element).rstrip(TEXT_PADDING).split(b"\\"):
-            uid = raw.decode("latin-1").strip("\x00 ")
-            if uid and (len(uid) > MAX_UID_LENGTH or not UID_PATTERN.match(uid)):
-                yield f"invalid UID in {element.name}"
-                break
+        raw = data[element.start : element.end]
+        valid = _valid_uids_raw(raw) if len(raw) <= REMEMBERED_LENGTH else _valid_uids(raw)
+        if not valid:
+            yield f"invalid UID in {element.name}"
+
+
+def _valid_uids(raw: bytes) -> bool:
+    for value in raw.rstrip(TEXT_PADDING).split(b"\\"):
+        uid = value.decode("latin-1").strip("\x00 ")
+        if uid and (len(uid) > MAX_UID_LENGTH or not UID_PATTERN.match(uid)):
+            return False
+    return True
+
+
+@lru_cache(maxsize=16384)
+def _valid_uids_raw(raw: bytes) -> bool:
+    """:func:`_valid_uids`, remembered by the value's bytes: class and study UIDs recur."""
+    return _valid_uids(raw)
 
 
 def value_problems(layout: Layout, written: Callable[[int], bool]) -> Iterator[str]:
@@ -69,20 +84,18 @@ def value_problems(layout: Layout, written: Callable[[int], bool]) -> Iterator[s
     :param written: whether the tool writes the value of an element with this tag.
     """
     terms = tuple(layout.specific_character_set())
+    data = layout.data
     for element in layout.elements:
-        if element.vr not in CHECKED_VRS or not written(element.tag):
+        vr = element.vr
+        if vr not in CHECKED_VRS or not written(element.tag):
             continue
-        raw = layout.raw(element)
-        if len(raw) <= _REMEMBERED_LENGTH:
-            valid = _valid_raw(element.vr, raw, terms)
+        raw = data[element.start : element.end]
+        if len(raw) <= REMEMBERED_LENGTH:
+            valid = _valid_raw(vr, raw, terms)
         else:
-            valid = _all_valid(element.vr, raw, terms)
+            valid = _all_valid(vr, raw, terms)
         if not valid:
-            yield f"invalid {element.vr} value in {element.name}"
-
-
-_REMEMBERED_LENGTH = 256
-"""Values up to this size are remembered by their bytes: dates, codes and names recur."""
+            yield f"invalid {vr} value in {element.name}"
 
 
 def _all_valid(vr: str, raw: bytes, terms: tuple[str, ...]) -> bool:

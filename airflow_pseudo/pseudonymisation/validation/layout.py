@@ -33,6 +33,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from airflow_pseudo.pseudonymisation.scanner import (
     DICTIONARY_SQ,
     ELEMENT,
+    FOLD,
     KEEP,
     REPORT,
     FastPathUnsupported,
@@ -61,6 +62,16 @@ _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _LONG_LENGTH_VRS = frozenset(vr.value for vr in EXPLICIT_VR_LENGTH_32)
 _VR_CODES = {vr.value.encode("ascii"): vr.value for vr in VR if " or " not in vr.value}
 _MAX_DEPTH = 64
+_FOLD_DEPTH = 8
+"""Levels of items the scanner looks into for a sequence with nothing wanted, to skip it whole;
+within :data:`_MAX_DEPTH` of the top, so that a skipped sequence is one the walk would accept."""
+_GROUP_LENGTH_HEADER = b"\x02\x00\x00\x00UL\x04\x00"
+"""The header of (0002,0000) FileMetaInformationGroupLength, explicit VR little endian."""
+_META_PLAN: dict[int, int] = {}
+"""The scanner's plan for file meta: every element reported."""
+_LITTLE = (struct.Struct("<HH2sH"), struct.Struct("<I"))
+_BIG = (struct.Struct(">HH2sH"), struct.Struct(">I"))
+"""An explicit VR header (tag, VR, short length) and a 32-bit length, in each byte order."""
 
 Wanted = Callable[[int], bool]
 """Whether the checks want an element with this tag reported (at any depth)."""
@@ -94,6 +105,11 @@ class Element(NamedTuple):
     @property
     def keyword(self) -> str:
         return _keyword(self.tag)
+
+
+_element = tuple.__new__
+"""An :class:`Element` from all its fields, without the Python-level call of a NamedTuple's
+``__new__``: the walks make one per element of every file."""
 
 
 @dataclass(frozen=True)
@@ -153,11 +169,8 @@ class Layout:
 
     def top_level(self, tag: int) -> Element | None:
         """The top-level (or file meta) element with ``tag``."""
-        if self._top is None:
-            self._top = {}
-            for element in self.elements:
-                if not element.path:
-                    self._top.setdefault(element.tag, element)
+        if self._top is None:  # built from the end, so that the first of a tag is kept
+            self._top = {e.tag: e for e in reversed(self.elements) if not e.path}
         return self._top.get(tag)
 
     def nested(self, sequence: int, tag: int) -> Iterator[Element]:
@@ -229,17 +242,50 @@ class _Walker:
         self.transfer_syntax = ""
 
     def walk_meta(self, position: int) -> int:
+        """Record the file meta's elements and its transfer syntax; return where it ends."""
+        first = len(self.layout.elements)
+        end = self._scan_meta(position)
+        if end is None:
+            end = self._walk_meta(position)
+        for element in self.layout.elements[first:]:
+            if element.tag == 0x00020010:
+                syntax = self.layout.raw(element).decode("ascii", "replace")
+                self.transfer_syntax = syntax.strip("\x00 ")
+        if not self.transfer_syntax:
+            raise UnreadableOutputError("no transfer syntax in file meta")
+        return end
+
+    def _walk_meta(self, position: int) -> int:
         data = self.layout.data
-        while position + 8 <= len(data) and struct.unpack_from("<H", data, position)[0] == 2:
+        while position + 8 <= len(data) and data[position : position + 2] == b"\x02\x00":
             tag, vr, length, start = self._header(position, implicit=False, little=True)
             end = self._end(start, length)
             self.layout.elements.append(Element(tag, vr or "UN", start, end))
-            if tag == 0x00020010:
-                self.transfer_syntax = data[start:end].decode("ascii", "replace").strip("\x00 ")
             position = end
-        if not self.transfer_syntax:
-            raise UnreadableOutputError("no transfer syntax in file meta")
         return position
+
+    def _scan_meta(self, position: int) -> int | None:
+        """Scan the file meta where its group length says it ends; ``None`` when it does not.
+
+        The scan stands for the walk only where the walk would find the same: every element of
+        group 2 up to there, the next one not, and no undefined length (the walk refuses those).
+        """
+        data = self.layout.data
+        if data[position : position + 8] != _GROUP_LENGTH_HEADER:
+            return None
+        end = position + 12 + int.from_bytes(data[position + 8 : position + 12], "little")
+        try:
+            events, reached, _ = scan_level(data, position, end, False, _META_PLAN, _report)
+        except (FastPathUnsupported, TruncatedFileError):
+            return None
+        if reached != end or (data[end : end + 2] == b"\x02\x00" and end + 8 <= len(data)):
+            return None
+        if any(e[0] != ELEMENT or e[1] >> 16 != 2 or e[3] == UNDEFINED_LENGTH for e in events):
+            return None
+        self.layout.elements += (
+            _element(Element, (e[1], e[2], e[5], e[6], (), None)) for e in events
+        )
+        return end
 
     def walk(self, position: int, end: int, path: tuple[tuple[int, int], ...], depth: int) -> int:
         """Walk one dataset level up to ``end`` (or its item delimiter); return where it ended."""
@@ -272,7 +318,9 @@ class _Walker:
                     creators[number] = text
                 elif number >= 0x1000:
                     creator = creators.get(number >> 8, "no creator")
-            self.layout.elements.append(Element(tag, vr, start, value_end, path, creator))
+            self.layout.elements.append(
+                _element(Element, (tag, vr, start, value_end, path, creator))
+            )
             position = value_end
         return position
 
@@ -281,7 +329,9 @@ class _Walker:
 
         def classify(tag: int) -> int:
             code = REPORT if wanted(tag) or tag in PIXEL_DATA_TAGS else KEEP
-            return code | (DICTIONARY_SQ if implicit_vr(tag) == "SQ" else 0)
+            if implicit_vr(tag) != "SQ":
+                return code
+            return code | DICTIONARY_SQ | (0 if tag in WALKED_SEQUENCES else FOLD)
 
         self._scan_level(position, len(self.layout.data), (), plan, classify, 0)
 
@@ -297,7 +347,10 @@ class _Walker:
         if depth > _MAX_DEPTH:
             raise UnreadableOutputError("sequences nested too deeply")
         data = self.layout.data
-        events, position, skipped = scan_level(data, position, end, self.implicit, plan, classify)
+        nested = (plan, classify, _FOLD_DEPTH) if depth + _FOLD_DEPTH <= _MAX_DEPTH else None
+        events, position, skipped = scan_level(
+            data, position, end, self.implicit, plan, classify, (), nested
+        )
         self.layout.private_elements += skipped
         for event in events:
             if event[0] != ELEMENT:
@@ -317,7 +370,9 @@ class _Walker:
                     self._scan_items(tag, value, element_end, path, plan, classify, depth)
                 self.implicit = saved
             else:
-                self.layout.elements.append(Element(tag, vr, value, element_end, path))
+                self.layout.elements.append(
+                    _element(Element, (tag, vr, value, element_end, path, None))
+                )
         return position
 
     def _scan_items(
@@ -392,24 +447,29 @@ class _Walker:
         data = self.layout.data
         if position + 8 > len(data):
             raise UnreadableOutputError("truncated: the file ends inside an element header")
-        order = "<" if little else ">"
-        group, number = struct.unpack_from(order + "HH", data, position)
+        header, uint32 = _LITTLE if little else _BIG
+        group, number, code, length = header.unpack_from(data, position)
         tag = group << 16 | number
         if group == 0xFFFE or implicit:
-            return tag, None, struct.unpack_from(order + "I", data, position + 4)[0], position + 8
-        vr = _VR_CODES.get(data[position + 4 : position + 6])
+            return tag, None, uint32.unpack_from(data, position + 4)[0], position + 8
+        vr = _VR_CODES.get(code)
         if vr is None:
             raise UnreadableOutputError("unexpected VR bytes")
         if vr in _LONG_LENGTH_VRS:
             if position + 12 > len(data):
                 raise UnreadableOutputError("truncated: the file ends inside an element header")
-            return tag, vr, struct.unpack_from(order + "I", data, position + 8)[0], position + 12
-        return tag, vr, struct.unpack_from(order + "H", data, position + 6)[0], position + 8
+            return tag, vr, uint32.unpack_from(data, position + 8)[0], position + 12
+        return tag, vr, length, position + 8
 
     def _end(self, start: int, length: int) -> int:
         if length == UNDEFINED_LENGTH or start + length > len(self.layout.data):
             raise UnreadableOutputError("truncated: a value runs past the end of the file")
         return start + length
+
+
+def _report(tag: int) -> int:
+    """The file meta's plan: every element reported."""
+    return REPORT
 
 
 def _non_image_segments(data: bytes, start: int, end: int) -> Iterator[Segment]:

@@ -8,7 +8,6 @@ structure the walker refuses) is read by pydicom, which tolerates more.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,7 +15,13 @@ import pydicom
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
-from airflow_pseudo.pseudonymisation.identifiers import InstanceIdentifiers, keyword_kind
+from airflow_pseudo.pseudonymisation.identifiers import (
+    Identifier,
+    InstanceIdentifiers,
+    keyword_kind,
+    may_identify,
+    value_identifiers,
+)
 from airflow_pseudo.pseudonymisation.validation.keys import ANCHORS
 from airflow_pseudo.pseudonymisation.validation.layout import (
     SPECIFIC_CHARACTER_SET,
@@ -26,7 +31,11 @@ from airflow_pseudo.pseudonymisation.validation.layout import (
     read_layout,
 )
 from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
-from airflow_pseudo.pseudonymisation.validation.values import texts
+from airflow_pseudo.pseudonymisation.validation.values import (
+    REMEMBERED_LENGTH,
+    decoded_values,
+    texts,
+)
 
 _ANCHOR_TAGS = frozenset(ANCHORS.values())
 _PLAN: dict[int, int] = {}
@@ -59,7 +68,7 @@ def read_original(data: bytes, source_path: str | None = None) -> Original:
 
 def from_layout(layout: Layout, source_path: str | None = None) -> Original:
     with quiet_pydicom("original"):
-        identifiers = InstanceIdentifiers.from_values(_identifying_values(layout), source_path)
+        identifiers = InstanceIdentifiers.derived(_identifiers(layout), source_path)
     anchors = {}
     for keyword, tag in ANCHORS.items():
         value = texts(layout, layout.top_level(tag))
@@ -87,10 +96,50 @@ def _identifying_tag(tag: int) -> bool:
     return implicit_vr(tag) in ("PN", "UI") or keyword_kind(keyword_for_tag(tag) or "") is not None
 
 
-def _identifying_values(layout: Layout) -> Iterator[tuple[str, str, str]]:
+def _identifiers(layout: Layout) -> list[Identifier]:
+    """The identifiers the original's values reveal, in the order of its elements.
+
+    A series repeats its patient's values, so short ones are remembered by their bytes; UIDs are
+    not, as most are the instance's own.
+    """
+    terms = tuple(layout.specific_character_set())
+    data = layout.data
+    found: list[Identifier] = []
     for element in layout.elements:
-        keyword = element.keyword
-        if element.vr in ("PN", "UI") or keyword_kind(keyword) is not None:
-            for value in texts(layout, element):
-                if value:
-                    yield keyword, element.vr, value
+        vr = element.vr
+        if vr != "UI" and element.end - element.start <= REMEMBERED_LENGTH:
+            raw = data[element.start : element.end]
+            found += _remembered_identifiers(element.tag, vr, raw, terms)
+            continue
+        keyword = _identifying_keyword(element.tag, vr)
+        if keyword is not None:
+            found += _value_identifiers(keyword, vr, data[element.start : element.end], terms)
+    return found
+
+
+@lru_cache(maxsize=16384)
+def _identifying_keyword(tag: int, vr: str) -> str | None:
+    """The keyword of an element whose values may identify, else ``None``."""
+    keyword = keyword_for_tag(tag) or ""
+    return keyword if may_identify(keyword, vr) else None
+
+
+@lru_cache(maxsize=16384)
+def _remembered_identifiers(
+    tag: int, vr: str, raw: bytes, terms: tuple[str, ...]
+) -> tuple[Identifier, ...]:
+    """The identifiers of one element's values, remembered by its bytes."""
+    keyword = _identifying_keyword(tag, vr)
+    return () if keyword is None else _value_identifiers(keyword, vr, raw, terms)
+
+
+def _value_identifiers(
+    keyword: str, vr: str, raw: bytes, terms: tuple[str, ...]
+) -> tuple[Identifier, ...]:
+    """The identifiers of one element's values, from its bytes in the file's character set."""
+    return tuple(
+        identifier
+        for value in decoded_values(raw, vr, terms)
+        if value
+        for identifier in value_identifiers(keyword, vr, value)
+    )

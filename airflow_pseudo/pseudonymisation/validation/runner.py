@@ -12,7 +12,6 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydicom.dataset import Dataset
@@ -126,14 +125,20 @@ def validate_output(
     codes = None if method_codes is None else tuple(method_codes)
     expectations = _expectations(settings, codes, profile_digest)
     try:
-        data = Path(output).read_bytes()
+        data = _read(output)
     except OSError as exc:
         return Verdict([f"output unreadable ({exc.strerror or type(exc).__name__})"])
     try:
-        source = read_original(Path(original).read_bytes(), os.fspath(original))
+        source = read_original(_read(original), os.fspath(original))
     except Exception as exc:
         return Verdict([f"original unreadable ({type(exc).__name__})"])
     return check(source, data, expectations)
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes, unbuffered: read whole, a buffer would only copy them."""
+    with open(path, "rb", buffering=0) as file:
+        return file.read()
 
 
 def check(original: Original, output: bytes, expectations: Expectations) -> Verdict:

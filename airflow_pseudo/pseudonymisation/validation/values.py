@@ -9,13 +9,15 @@ from pydicom.charset import convert_encodings, decode_bytes
 from airflow_pseudo.pseudonymisation.validation.layout import Element, Layout
 
 TEXT_PADDING = b"\x00 "
+REMEMBERED_LENGTH = 256
+"""Values up to this size are remembered by their bytes: dates, codes and names recur."""
 
 
 def texts(layout: Layout, element: Element | None) -> list[str]:
     """The values of a text element, decoded and stripped (empty for a missing element)."""
     if element is None:
         return []
-    raw = layout.raw(element).rstrip(TEXT_PADDING)
+    raw = layout.data[element.start : element.end].rstrip(TEXT_PADDING)
     if not raw:
         return []
     if raw.isascii() or element.vr not in _DECODED_VRS:

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from airflow_pseudo.pseudonymisation.validation.layout import (
     UnreadableOutputError,
+    _Walker,
     read_layout,
 )
 from airflow_pseudo.testing import make_instance
@@ -94,3 +95,43 @@ def test_unreadable_outputs_are_refused(cut):
     data = _encoded(make_instance("rtplan", patient=1))
     with pytest.raises(UnreadableOutputError):
         read_layout(cut(data))
+
+
+def _stated_meta_length(data: bytes, end: int) -> bytes:
+    """The file with a FileMetaInformationGroupLength that says the meta ends at ``end``."""
+    return data[:140] + (end - 144).to_bytes(4, "little") + data[144:]
+
+
+def _end_of(data: bytes, meta: bool, which: int) -> int:
+    """Where the file meta's element ``which`` ends, or the dataset's (group length aside)."""
+    elements = [e for e in read_layout(data).elements if e.tag != 0x00020000 and not e.path]
+    return [e for e in elements if (e.tag >> 16 == 2) == meta][which].end
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda d: d,
+        lambda d: _stated_meta_length(d, _end_of(d, True, 1)),  # ends on an inner element
+        lambda d: _stated_meta_length(d, _end_of(d, True, 1) + 3),  # ends inside one
+        lambda d: _stated_meta_length(d, _end_of(d, False, 0)),  # takes a dataset element
+        lambda d: _stated_meta_length(d, len(d) + 100),  # runs past the end of the file
+        lambda d: _stated_meta_length(d, 144),  # says there is none
+        lambda d: d[:132] + d[144:],  # has no group length
+        lambda d: d[:136] + b"OB" + d[138:],  # has another header
+    ],
+)
+def test_the_meta_scan_finds_what_the_meta_walk_finds(monkeypatch, mangle):
+    """Where the file meta's group length is wrong or missing, the meta is walked instead."""
+    data = mangle(_encoded(make_instance("rtplan", patient=1), "1.2.840.10008.1.2.1"))
+    scanned = _layout_or_error(data)
+    monkeypatch.setattr(_Walker, "_scan_meta", lambda self, position: None)
+    assert scanned == _layout_or_error(data)
+
+
+def _layout_or_error(data: bytes) -> object:
+    try:
+        layout = read_layout(data, lambda tag: tag == 0x00100010)
+    except UnreadableOutputError as exc:
+        return str(exc)
+    return layout.elements, layout.searched, layout.little_endian, layout.complete_walk
