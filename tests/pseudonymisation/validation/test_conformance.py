@@ -97,3 +97,18 @@ def test_only_values_the_tool_writes_are_checked_for_their_vr(tmp_path: Path, se
 
     problems = validate_output(*_write(tmp_path, settings, _invalid), settings=settings).problems
     assert problems == ["invalid PN value in PatientName"]
+
+
+def test_a_private_element_inside_the_markers_is_found(tmp_path: Path, settings: Settings):
+    """The marker sequence is walked apart from the scan: its private elements count too."""
+
+    def _private_in_marker(output: Dataset) -> None:
+        item = output.DeidentificationMethodCodeSequence[0]
+        item.private_block(0x0031, "HIDDEN VENDOR", create=True).add_new(0x01, "LO", "note")
+
+    paths = _write(tmp_path, settings, _private_in_marker)
+    problems = validate_output(*paths, settings=settings).problems
+    assert (
+        "private attribute DeidentificationMethodCodeSequence > private (0031,1001) "
+        "[HIDDEN VENDOR] left in the output"
+    ) in problems
