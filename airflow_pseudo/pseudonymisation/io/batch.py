@@ -9,6 +9,7 @@ the same as with one worker.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -167,7 +168,23 @@ def validate_results(
         settings.check()
     records = [_record(r) for r in results]
     job = _ValidationJob(Path(quarantine_dir).resolve() if quarantine_dir else None)
-    return list(_run(job, records, settings, workers, progress))
+    with _heap_frozen():
+        return list(_run(job, records, settings, workers, progress))
+
+
+@contextlib.contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """Leave what is alive now out of the garbage collector's passes until the block ends.
+
+    Validation allocates many short-lived objects per file beside the caller's long-lived ones
+    (records, caches), and every full collection walks all of them: on 1,000 CT files this cost
+    4-10 % of validating. Frozen objects are still freed once unreferenced after the block.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _record(result: FileResult | Mapping[str, Any]) -> FileResult:

@@ -123,9 +123,12 @@ def private_problems(layout: Layout, method_codes: Iterable[str]) -> Iterator[st
     if RETAIN_SAFE_PRIVATE_CODE in method_codes:
         return
     # A scan counts the private elements it skips; sequences it walks whole list theirs.
-    if not layout.complete_walk and not layout.private_elements:
-        if not any(element.tag >> 16 & 1 for element in layout.elements):
-            return
+    if (
+        not layout.complete_walk
+        and not layout.private_elements
+        and not any(element.tag >> 16 & 1 for element in layout.elements)
+    ):
+        return
     for element in layout.complete().elements:
         if element.tag >> 16 & 1 and element.tag >> 16 != 0xFFFF:
             yield f"private attribute {element.name} left in the output"
