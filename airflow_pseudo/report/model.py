@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -56,7 +57,7 @@ def neutral_name(output: str | None, index: int) -> str:
     :param index: the file's position in the run, from 1.
     """
     if output:
-        name = PurePath(output).name
+        name = os.path.basename(output)
         if _UID_NAME.match(name):
             return name
     return f"file-{index:05d}"
