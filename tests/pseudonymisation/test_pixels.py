@@ -245,3 +245,13 @@ def test_stripped_files_take_the_fast_path_and_match_the_reference(
         assert [e for e in ours if e.tag != 0x7FE00010] == [
             e for e in theirs if e.tag != 0x7FE00010
         ], name
+
+
+def test_a_file_whose_frames_cannot_be_split_is_left_to_the_reference_engine():
+    """Encapsulated items pydicom cannot read give None, never an exception or a guess."""
+    data = bytearray(Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")).read_bytes())
+    pixel_data = data.rfind(b"\xe0\x7f\x10\x00OB")
+    first_fragment = pixel_data + 12 + 8 + 4  # after the header and the 4-byte offset table
+    assert data[first_fragment : first_fragment + 4] == b"\xfe\xff\x00\xe0"
+    data[first_fragment : first_fragment + 4] = b"\x10\x00\x10\x00"
+    assert strip_file(bytes(data)) is None
