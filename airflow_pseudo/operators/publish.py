@@ -127,14 +127,16 @@ def _as_bool(value: bool | str) -> bool:
 
 class PublishOperator(BulkFieldsMixin, BaseOperator):
     """
-    Copy validated outputs to a destination, write a manifest, emit an Asset event, archive inputs.
+    Publish validated outputs, write a manifest, emit an Asset event, archive the inputs.
 
     ``results`` are the records of :class:`~airflow_pseudo.operators.validate.ValidateOperator`
     (a list of lists from a mapped task is flattened). Every output whose validation status is
-    ``ok`` is copied to ``destination`` under its path relative to ``output_root``. The
+    ``ok`` is published to ``destination`` under its path relative to ``output_root``. The
     destination is an :class:`~airflow.sdk.ObjectStoragePath` or a URI: ``file://`` (or a plain
     path) works out of the box, ``s3://``, ``gs://`` and others once the matching Airflow provider
-    is installed.
+    is installed. On the local file system each file appears whole: hard-linked into place when
+    the work output is deleted afterwards, else copied to a temporary name and renamed; an object
+    store gets a copy.
 
     Then ``manifest.jsonl`` is written beside the published files, last: one JSON record per input
     file (``"record": "file"``: source, published URI, status, size, sha256, validation problems,
