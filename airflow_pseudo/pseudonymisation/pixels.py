@@ -155,12 +155,15 @@ def strip_file(data: bytes) -> bytes | None:
 
     The top-level encapsulated PixelData is found by the element scanner and its frames are
     stripped and encapsulated again exactly as :func:`strip_pixel_data` does; every other byte is
-    kept. ``None`` when only the reference engine can tell: no file meta group length, a
-    structure the scanner refuses, an extended offset table.
+    kept. ``data`` itself when it holds nothing to strip (:func:`may_need_stripping`); ``None``
+    when only the reference engine can tell: no file meta group length, a structure the scanner
+    refuses, an extended offset table, frames pydicom cannot split.
     """
-    start = dataset_offset(data, deflated=False)
     syntax = transfer_syntax_of(data) or ""
-    if start >= len(data) or syntax not in JPEG_TRANSFER_SYNTAXES | JPEG_2000_TRANSFER_SYNTAXES:
+    if not may_need_stripping(syntax, data):
+        return data
+    start = dataset_offset(data, deflated=False)
+    if start >= len(data):
         return None
     try:
         events, _, _ = scan_level(data, start, len(data), False, _PLAN, _report_pixel_elements)

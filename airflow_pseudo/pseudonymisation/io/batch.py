@@ -38,7 +38,6 @@ from airflow_pseudo.pseudonymisation.io.inputs import (
     prefetch,
     read_header,
     read_input,
-    transfer_syntax_of,
 )
 from airflow_pseudo.pseudonymisation.io.outputs import (
     OutputFolder,
@@ -53,7 +52,6 @@ from airflow_pseudo.pseudonymisation.io.workers import Job, run_in_processes, ru
 from airflow_pseudo.pseudonymisation.logs import install, pydicom_messages_by_tag
 from airflow_pseudo.pseudonymisation.pixels import (
     BURNED_IN_TEXT_LIKELY,
-    may_need_stripping,
     pixel_risk,
     strip_file,
     strip_pixel_data,
@@ -302,10 +300,8 @@ class _FileJob:
         durable = settings.durability == "file"
         # Frames with segments to strip are stripped first; where only the reference engine can
         # find them, it takes the file and strips them.
-        fast_input: bytes | None = data
-        if settings.engine == "auto" and may_need_stripping(transfer_syntax_of(data), data):
-            fast_input = strip_file(data)
-        if settings.engine == "auto" and fast_input is not None:
+        fast_input = strip_file(data) if settings.engine == "auto" else None
+        if fast_input is not None:
             try:
                 fast = pseudonymise_buffer(memoryview(fast_input), settings.pseudonymiser)
             except (PseudonymisationError, OSError):
