@@ -176,7 +176,8 @@ def _heap_frozen() -> Iterator[None]:
 
     Validation allocates many short-lived objects per file beside the caller's long-lived ones
     (records, caches), and every full collection walks all of them: on 1,000 CT files this cost
-    4-10 % of validating. Frozen objects are still freed once unreferenced after the block.
+    4-10 % of validating. Reference counting still frees frozen objects; only cycles among
+    them wait for the block to end.
     """
     gc.freeze()
     try:
