@@ -114,9 +114,15 @@ def _published_output(validation: dict[str, Any]) -> str:
 
 
 def _pulled(value: Any) -> Any:
-    """A task's XCom as a list, fetched once (a mapped task's is a lazy sequence)."""
-    if value is None or isinstance(value, Mapping | str):
+    """A task's XCom as a list, fetched once.
+
+    A mapped task's XCom is a lazy sequence: iterated, it asks the API for each map index and
+    for one past the last (logged as an error, "XCom not found"); sliced, it asks once.
+    """
+    if value is None or isinstance(value, Mapping | str | list):
         return value
+    if isinstance(value, Sequence):
+        return list(value[:])
     return list(value)
 
 

@@ -271,7 +271,7 @@ class TestDicomPseudonymise:
 @pytest.mark.slow
 @pytest.mark.usefixtures("airflow_db", "pseudo_conn")
 class TestDicomPseudonymiseMapped:
-    def test_end_to_end_in_batches(self, tmp_path: Path):
+    def test_end_to_end_in_batches(self, tmp_path: Path, capfd: pytest.CaptureFixture[str]):
         """Files are split into batches; pseudonymise and validate map over them; one publish."""
         conf = {**_folders(tmp_path), "batch_size": 2, "max_failed_files": 1}
         good = write_corpus(tmp_path / "incoming", patients=2, instances_per_series=1)
@@ -296,6 +296,8 @@ class TestDicomPseudonymiseMapped:
         assert lines[-1]["quarantined"] == 1
         assert len(list((tmp_path / "archive" / dr.run_id).rglob("*.dcm"))) == len(good) + 1
         assert not list((tmp_path / "incoming").rglob("*.dcm"))
+        # publish pulls each mapped task's XCom in one request, never probing past its end
+        assert "XCom not found" not in "".join(capfd.readouterr())
 
     def test_batches_are_rendered_as_counts(self, tmp_path: Path):
         """A mapped batch's paths and records are stored in the rendered view as a count only."""
