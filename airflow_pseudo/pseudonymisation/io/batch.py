@@ -59,6 +59,7 @@ from airflow_pseudo.pseudonymisation.pixels import (
 from airflow_pseudo.pseudonymisation.policy.recipe import Settings
 from airflow_pseudo.pseudonymisation.results import FileResult, ValidationResult
 from airflow_pseudo.pseudonymisation.validation import validate_output
+from airflow_pseudo.pseudonymisation.validation.quiet import quiet_pydicom
 
 log = logging.getLogger(__name__)
 install()  # pydicom's own log records quote values: rewritten wherever the core is imported
@@ -415,7 +416,8 @@ class _ValidationJob:
         return ValidationResult(record.source, record.output, "failed", [problem])
 
     def run(self, records: Sequence[FileResult], settings: Settings) -> list[ValidationResult]:
-        return [self._validate(record, settings) for record in records]
+        with quiet_pydicom("originals and outputs"):
+            return [self._validate(record, settings) for record in records]
 
     def begin(self, records: Sequence[FileResult], settings: Settings) -> _ValidationChunk:
         """Start the disk reading the chunk's originals and outputs; validate at ``finish``.
@@ -434,15 +436,14 @@ class _ValidationJob:
             )
         key_checks = "skipped"
         try:
-            with pydicom_messages_by_tag():
-                verdict = validate_output(
-                    record.source,
-                    record.output,
-                    settings=settings,
-                    method_codes=getattr(record, "method_codes", None),
-                    profile_digest=getattr(record, "profile_digest", None),
-                )
-                problems, key_checks = verdict.problems, verdict.key_checks
+            verdict = validate_output(
+                record.source,
+                record.output,
+                settings=settings,
+                method_codes=getattr(record, "method_codes", None),
+                profile_digest=getattr(record, "profile_digest", None),
+            )
+            problems, key_checks = verdict.problems, verdict.key_checks
         except Exception as exc:
             problems = [f"validation could not run: {failure_reason(exc)}"]
         if not problems:

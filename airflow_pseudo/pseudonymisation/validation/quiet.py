@@ -8,12 +8,14 @@ log afterwards says how many there were and names no value.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 _PYDICOM_LOGGER = logging.getLogger("pydicom")
+_CAPTURING = threading.local()
 
 
 class _Swallow(logging.Filter):
@@ -30,15 +32,23 @@ class _Swallow(logging.Filter):
 def quiet_pydicom(what: str) -> Iterator[None]:
     """Capture pydicom's warnings and log records; report their number, never their text.
 
+    Inside another such block (a batch's chunk, say) this one adds nothing: the outer block
+    captures and counts, and the reads it encloses are spared a capture of their own each.
+
     :param what: what is being read (``output``, ``original``), for the summary line.
     """
+    if getattr(_CAPTURING, "active", False):
+        yield
+        return
     swallow = _Swallow()
     _PYDICOM_LOGGER.addFilter(swallow)
+    _CAPTURING.active = True
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
     finally:
+        _CAPTURING.active = False
         _PYDICOM_LOGGER.removeFilter(swallow)
     count = swallow.count + len(caught)
     if count:
