@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,6 +78,7 @@ class _WithoutValues(logging.Filter):
 
 
 _FILTER = _WithoutValues()
+_CATCHING = threading.local()
 
 
 def install() -> None:
@@ -91,12 +93,20 @@ def pydicom_messages_by_tag() -> Iterator[None]:
     """Catch the warnings raised in the block; log each once, without its values.
 
     The ``pydicom`` logger is rewritten for good (:func:`install`): its records are the same
-    messages as the warnings.
+    messages as the warnings. Inside another such block (a batch's chunk) this one adds
+    nothing: the outer block logs each message once for all the files it encloses.
     """
-    install()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    if getattr(_CATCHING, "active", False):
         yield
+        return
+    install()
+    _CATCHING.active = True
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        _CATCHING.active = False
     for message in dict.fromkeys(without_values(str(w.message)) for w in caught):
         log.warning("pydicom: %s", message)
 

@@ -58,3 +58,14 @@ def test_pydicom_logger_records_are_rewritten(caplog: pytest.LogCaptureFixture):
 def test_printable_escapes_control_characters_only():
     assert printable("Müller/scan 1.dcm") == "Müller/scan 1.dcm"
     assert printable("a\nb\x1b[31mc\td") == "a\\nb\\x1b[31mc\\td"
+
+
+def test_nested_blocks_log_once_from_the_outermost(caplog: pytest.LogCaptureFixture):
+    """A chunk's block gathers what the reads inside it catch: one line per message."""
+    caplog.set_level(logging.DEBUG)
+    with pydicom_messages_by_tag():
+        for _ in range(3):
+            with pydicom_messages_by_tag():
+                warnings.warn("Invalid value for VR PN: 'Doe^John'", UserWarning, stacklevel=1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["pydicom: Invalid value for VR PN [VR PN] (value withheld)"]

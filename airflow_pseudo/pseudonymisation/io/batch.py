@@ -223,8 +223,9 @@ class _FileJob:
         prefetch(sources)
         staged: list[tuple[FileResult, StagedFile | None]] = []
         try:
-            for source in sources:
-                staged.append(self._stage(source, settings))
+            with pydicom_messages_by_tag():  # once per chunk: a series repeats its problems
+                for source in sources:
+                    staged.append(self._stage(source, settings))
         except BaseException:
             _StagedChunk(self, staged).abandon()
             raise
@@ -238,17 +239,16 @@ class _FileJob:
         return result, file
 
     def _stage_timed(self, source: str, settings: Settings) -> tuple[FileResult, StagedFile | None]:
-        with pydicom_messages_by_tag():
-            try:
-                fd = self.inputs.open(source)
-            except Exception as exc:  # not opened: nothing that could be copied safely
-                return self._failed(source, exc), None
-            try:
-                return self._stage_open(source, fd, settings)
-            except Exception as exc:
-                return self._failed(source, exc, copy_from=fd), None
-            finally:
-                os.close(fd)
+        try:
+            fd = self.inputs.open(source)
+        except Exception as exc:  # not opened: nothing that could be copied safely
+            return self._failed(source, exc), None
+        try:
+            return self._stage_open(source, fd, settings)
+        except Exception as exc:
+            return self._failed(source, exc, copy_from=fd), None
+        finally:
+            os.close(fd)
 
     def _stage_open(
         self, source: str, fd: int, settings: Settings

@@ -21,7 +21,11 @@ from airflow_pseudo.pseudonymisation import (
     pseudonymise_directory,
     validate_results,
 )
-from airflow_pseudo.pseudonymisation.io.batch import default_output_dir, default_quarantine_dir
+from airflow_pseudo.pseudonymisation.io.batch import (
+    default_output_dir,
+    default_quarantine_dir,
+    pseudonymise_files,
+)
 from airflow_pseudo.testing import FakePatient, make_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -364,3 +368,35 @@ def test_a_batch_leaves_no_descriptor_open(tmp_path: Path, settings: Settings):
     before = len(os.listdir("/proc/self/fd"))
     pseudonymise_directory(tmp_path / "in", tmp_path / "out", settings=settings)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_problem_repeated_across_a_chunk_is_logged_once_without_values(
+    tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+):
+    """pydicom's warnings are gathered per chunk: a series that repeats an invalid value gives
+    one line, and no line holds the value."""
+    import warnings
+
+    (tmp_path / "in").mkdir()
+    invalid = [f"1.2.03.42424{i}" for i in range(3)]
+    for i, uid in enumerate(invalid):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            instance = make_instance("ct", patient=1)
+            instance.SOPInstanceUID = uid
+            instance.file_meta.MediaStorageSOPInstanceUID = uid
+            pydicom.dcmwrite(tmp_path / "in" / f"{i}.dcm", instance, enforce_file_format=True)
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = pseudonymise_files(
+            sorted((tmp_path / "in").iterdir()),
+            tmp_path / "out",
+            settings=dataclasses.replace(settings, engine="reference"),  # pydicom reads them
+        )
+    assert [r.status for r in results] == ["ok"] * 3
+    texts = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert not any(uid in text for uid in invalid for text in texts), texts
+    problems = [t for t in texts if t.startswith("pydicom: ")]
+    assert len(problems) == len(set(problems)) >= 1, texts
