@@ -1,8 +1,8 @@
 """Smoke test of the orchestration-overhead benchmark: ``make bench-orchestration``, tiny corpus.
 
-It runs the real CLI and the real mapped DAG with ``dag.test()`` on 40 files in batches of 10 and
-checks the report's shape (both times, the verdict line, the XCom record counts), never the
-numbers: those depend on the machine and its load.
+It runs the real CLI and the real mapped DAG with ``dag.test()`` twice on 40 files in batches
+of 10 and checks the report's shape (both times, the verdict lines, the rounds, the XCom record
+counts), never the numbers: those depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ EXPECTED_LINES = (
     r"^- The DAG's subprocess migrated its SQLite database in [\d.]+ s, parsed the DAG file in "
     r"[\d.]+ s and started the in-process Execution API \(the API server a deployment keeps "
     r"running\) in [\d.]+ s before the timer started",
+    r"^- Rounds: 2 \(each the CLI, then the DAG, on the same files\); DAG / CLI pseudonymise "
+    r"per round: [\d.]+x, [\d.]+x\. The report shows the round with the median ratio\.$",
 )
 
 
@@ -54,6 +56,7 @@ def test_orchestration_benchmark_reports_both_times(tmp_path: Path) -> None:
             "--settle=0",
             "--workers=1",
             "--dag-workers=2",
+            "--rounds=2",
             f"--output={output}",
             f"--workdir={tmp_path / 'work'}",
         ],
@@ -75,3 +78,20 @@ def test_orchestration_benchmark_reports_both_times(tmp_path: Path) -> None:
     assert "workers: CLI `--workers` 1, DAG `workers` param 2 per mapped task" in report
     assert "CPU:" in report
     assert "Python 3." in report
+
+
+def test_the_report_shows_the_median_round_or_the_first_failure() -> None:
+    from benchmarks.orchestration import CliResult, DagResult, reported_round
+
+    def pair(cli_s: float, dag_s: float, error: str | None = None) -> tuple[CliResult, DagResult]:
+        dag = DagResult(seconds=dag_s, state="success", files=1, claimed=1, sources_match=True)
+        dag.pseudonymise_records = dag.pseudonymise_sources = 1
+        dag.validate_records = dag.validate_sources = 1
+        dag.error = error
+        return CliResult(pseudonymise_s=cli_s), dag
+
+    rounds = [pair(4.0, 28.0), pair(4.0, 20.0), pair(3.0, 30.0)]  # 7x, 5x, 10x
+    assert reported_round(rounds) is rounds[0]
+    assert reported_round(rounds[1:]) is rounds[1]  # of two, the lower
+    broken = pair(4.0, 8.0, error="exit 1")
+    assert reported_round([*rounds, broken]) is broken
