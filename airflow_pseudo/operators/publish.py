@@ -315,6 +315,7 @@ class PublishOperator(BulkFieldsMixin, BaseOperator):
 
         manifest: list[dict[str, Any]] = []
         counts = {"published": 0, "unchanged": 0, "failed": 0, "skipped": 0, "quarantined": 0}
+        published_root = str(destination).rstrip("/")  # formatted once, not per file
         ahead = ReadAhead([_published_output(validation_by_source.get(s, {})) for s in by_source])
         for done, (source, pseudo) in enumerate(by_source.items()):
             ahead.reached(done)
@@ -347,7 +348,7 @@ class PublishOperator(BulkFieldsMixin, BaseOperator):
                     raise AirflowFailException(
                         f"Validated output is missing: {printable(output)}"
                     ) from exc
-                published = f"{str(destination).rstrip('/')}/{relative}" if local_root else target
+                published = f"{published_root}/{relative}" if local_root else target
                 entry.update(published=str(published), status=status, size=size, sha256=sha)
             elif entry["quarantine"]:
                 entry["status"] = "quarantined"
@@ -551,13 +552,14 @@ class PublishOperator(BulkFieldsMixin, BaseOperator):
         if not done:
             return 0
         count = 0
+        archive = Path(self.archive_dir) if self.archive_dir else None
         for source in map(Path, done):
             if delete:
                 source.unlink(missing_ok=True)
                 count += 1
                 continue
-            assert self.archive_dir is not None
-            target = Path(self.archive_dir) / source.relative_to(root)
+            assert archive is not None
+            target = archive / source.relative_to(root)
             if self._local.move(source, target):
                 count += 1
             else:
