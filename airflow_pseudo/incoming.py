@@ -267,7 +267,9 @@ class _ClaimsJournal:
 
     def compact(self) -> list[str]:
         """Keep only the entries of files this folder holds; return their names, in claim order."""
-        held = [name for name in self.entries if (self.staging / name).is_file()]
+        with os.scandir(self.staging) as listing:  # one listing, not a stat per entry
+            present = {entry.name for entry in listing if entry.is_file()}
+        held = [name for name in self.entries if name in present]
         temporary = self.path.with_name(f".{CLAIMS_FILE}.{os.getpid()}.tmp")
         fd = os.open(
             temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE
