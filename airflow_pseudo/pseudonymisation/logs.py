@@ -78,7 +78,34 @@ class _WithoutValues(logging.Filter):
 
 
 _FILTER = _WithoutValues()
-_CATCHING = threading.local()
+
+
+class OutermostWarnings:
+    """Record warnings in the outermost of nested blocks only, per thread.
+
+    A batch opens one block per chunk of files; the reads inside it, which open blocks of their
+    own when called alone, are then spared a capture each.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @contextmanager
+    def record(self) -> Iterator[list[warnings.WarningMessage] | None]:
+        """Yield the list the block's warnings go to, or ``None`` inside an enclosing block."""
+        if getattr(self._local, "active", False):
+            yield None
+            return
+        self._local.active = True
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield caught
+        finally:
+            self._local.active = False
+
+
+_MESSAGES = OutermostWarnings()
 
 
 def install() -> None:
@@ -96,18 +123,11 @@ def pydicom_messages_by_tag() -> Iterator[None]:
     messages as the warnings. Inside another such block (a batch's chunk) this one adds
     nothing: the outer block logs each message once for all the files it encloses.
     """
-    if getattr(_CATCHING, "active", False):
+    with _MESSAGES.record() as caught:
+        if caught is not None:
+            install()
         yield
-        return
-    install()
-    _CATCHING.active = True
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-    finally:
-        _CATCHING.active = False
-    for message in dict.fromkeys(without_values(str(w.message)) for w in caught):
+    for message in dict.fromkeys(without_values(str(w.message)) for w in caught or ()):
         log.warning("pydicom: %s", message)
 
 

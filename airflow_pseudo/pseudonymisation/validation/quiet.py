@@ -8,14 +8,14 @@ log afterwards says how many there were and names no value.
 from __future__ import annotations
 
 import logging
-import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from airflow_pseudo.pseudonymisation.logs import OutermostWarnings
+
 log = logging.getLogger(__name__)
 _PYDICOM_LOGGER = logging.getLogger("pydicom")
-_CAPTURING = threading.local()
+_CAPTURE = OutermostWarnings()
 
 
 class _Swallow(logging.Filter):
@@ -37,19 +37,16 @@ def quiet_pydicom(what: str) -> Iterator[None]:
 
     :param what: what is being read (``output``, ``original``), for the summary line.
     """
-    if getattr(_CAPTURING, "active", False):
-        yield
-        return
-    swallow = _Swallow()
-    _PYDICOM_LOGGER.addFilter(swallow)
-    _CAPTURING.active = True
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+    with _CAPTURE.record() as caught:
+        if caught is None:  # the enclosing block captures and counts
             yield
-    finally:
-        _CAPTURING.active = False
-        _PYDICOM_LOGGER.removeFilter(swallow)
+            return
+        swallow = _Swallow()
+        _PYDICOM_LOGGER.addFilter(swallow)
+        try:
+            yield
+        finally:
+            _PYDICOM_LOGGER.removeFilter(swallow)
     count = swallow.count + len(caught)
     if count:
         log.warning(
