@@ -50,9 +50,11 @@ RATIO_LIMIT = 5.0
 """Issue 18's target: the DAG, ingest to publish, within this many times the CLI's pseudonymise."""
 DEFAULT_FILES = 10_000
 DEFAULT_BATCH_SIZE = 1000
+"""The mapped DAG's own default ``batch_size`` param."""
+DEFAULT_MAX_BATCHES = 8
+"""The mapped DAG's own default ``max_batches`` param."""
 DEFAULT_ROUNDS = 3
 """This VM's speed drifts by a third between runs a minute apart: one pair proves little."""
-"""The mapped DAG's own default ``batch_size`` param."""
 TASK_ORDER = ("wait", "ingest", "pseudonymise", "validate", "publish")
 LOG_TAIL_CHARS = 4000
 
@@ -94,7 +96,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--batch-size",
         type=int,
         default=DEFAULT_BATCH_SIZE,
-        help="files per mapped task, the DAG's batch_size param (%(default)s)",
+        help="files per mapped task at least, the DAG's batch_size param (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-batches",
+        type=int,
+        default=DEFAULT_MAX_BATCHES,
+        help="mapped tasks at most, the DAG's max_batches param (%(default)s)",
     )
     parser.add_argument(
         "--workers",
@@ -128,8 +136,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # Internal: the DAG measurement's own subprocess.
     parser.add_argument("--run-dag", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if min(args.files, args.batch_size, args.workers, args.rounds) < 1:
-        parser.error("--files, --batch-size, --workers and --rounds must be at least 1")
+    if min(args.files, args.batch_size, args.max_batches, args.workers, args.rounds) < 1:
+        parser.error(
+            "--files, --batch-size, --max-batches, --workers and --rounds must be at least 1"
+        )
     return args
 
 
@@ -338,7 +348,9 @@ def airflow_environment(home: Path, data: Path) -> dict[str, str]:
     return env
 
 
-def run_dag(data: Path, home: Path, files: int, batch_size: int, workers: int) -> DagResult:
+def run_dag(
+    data: Path, home: Path, files: int, batch_size: int, workers: int, max_batches: int
+) -> DagResult:
     """Run the mapped DAG in a fresh subprocess with its own AIRFLOW_HOME; return its result."""
     home.mkdir(parents=True, exist_ok=True)
     conf = {
@@ -346,6 +358,7 @@ def run_dag(data: Path, home: Path, files: int, batch_size: int, workers: int) -
         "settle_seconds": 0,  # the corpus is complete before the run starts
         "max_files": files,
         "batch_size": batch_size,
+        "max_batches": max_batches,
         "workers": workers,
     }
     spec, result, log = home / "spec.json", home / "result.json", home / "dag-test.log"
@@ -637,7 +650,8 @@ def markdown(
         f"CLI before {_fmt_load(cli.load_before)}, after {_fmt_load(cli.load_after)}; "
         f"DAG before {_fmt_load(dag.load_before)}, after {_fmt_load(dag.load_after)}",
         f"- Files: N = {n} ({corpus.description}; {corpus.bytes / 1e6:,.1f} MB); "
-        f"batch size B = {args.batch_size} ({dag.batches} mapped batches); workers: CLI "
+        f"batch size B = {args.batch_size} at least, at most {args.max_batches} batches "
+        f"({dag.batches} mapped batches); workers: CLI "
         f"`--workers` {args.workers}, DAG `workers` param {_dag_workers(args)} per mapped task",
         "",
         "## Times",
@@ -788,10 +802,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{cli.validate_s:,.1f} s = {cli.total_s:,.1f} s"
                 + (f"; error: {cli.error}" if cli.error else "")
             )
-            _log(f"round {number}: DAG {DAG_ID} with dag.test(), batch size {args.batch_size} ...")
+            _log(f"round {number}: DAG {DAG_ID} with dag.test() ...")
             dag = run_dag(
                 root / "dag", root / "airflow-home", args.files, args.batch_size,
-                _dag_workers(args),
+                _dag_workers(args), args.max_batches,
             )  # fmt: skip
             _log(
                 f"DAG: {dag.seconds:,.1f} s, state {dag.state or '-'}"

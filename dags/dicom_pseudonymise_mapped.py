@@ -4,8 +4,9 @@ Scale-out variant of ``dicom_pseudonymise``: batches of files mapped over parall
 wait -> ingest (claim, split into batches) -> pseudonymise[batch] -> validate[batch] -> publish
 
 ``ingest`` claims the settled files like ``dicom_pseudonymise`` does, then splits them into
-batches of ``params.batch_size`` files (enlarged if needed so the number of batches stays under
-``[core] max_map_length``). ``pseudonymise`` and ``validate`` are mapped over the batches with
+batches of at least ``params.batch_size`` files, enlarged so that there are at most
+``params.max_batches`` (by default as many as may run at once: one wave of tasks handles the run,
+each paying its start-up once). ``pseudonymise`` and ``validate`` are mapped over the batches with
 dynamic task mapping, so each batch runs as its own task instance (on any worker of a Celery or
 Kubernetes deployment); each returns the per-file records of its batch. One ``publish`` collects
 every batch, writes one manifest and archives the inputs. ``params.max_failed_files`` applies per
@@ -31,6 +32,8 @@ DATA_DIR = os.environ.get("AIRFLOW_PSEUDO_DATA_DIR") or os.path.join(
 SCHEDULE = os.environ.get("AIRFLOW_PSEUDO_MAPPED_SCHEDULE", "0 * * * *")
 
 PUBLISHED = Asset(name="dicom_pseudonymised")
+PARALLEL_BATCHES = 8
+"""Mapped pseudonymise (and validate) tasks of a run that may run at once."""
 
 STAGING = "{{ params.work_dir }}/staging/{{ run_id }}"
 OUTPUT = "{{ params.work_dir }}/output/{{ run_id }}"
@@ -52,7 +55,15 @@ PARAMS = {
     ),
     "max_files": Param(20000, type="integer", minimum=1, description="Files taken per run"),
     "marker": Param(None, type=["null", "string"], description="e.g. _SUCCESS"),
-    "batch_size": Param(1000, type="integer", minimum=1, description="Files per mapped task"),
+    "batch_size": Param(
+        1000, type="integer", minimum=1, description="Files per mapped task, at least"
+    ),
+    "max_batches": Param(
+        PARALLEL_BATCHES,
+        type="integer",
+        minimum=1,
+        description=f"Mapped tasks at most: batches grow to fit ({PARALLEL_BATCHES} run at once)",
+    ),
     "max_failed_files": Param(0, type="integer", minimum=0, description="Per batch"),
     "workers": Param(1, type="integer", minimum=1, description="Processes per batch"),
     "delete_inputs": Param(False, type="boolean", description="Delete instead of archive"),
@@ -107,6 +118,7 @@ with DAG(
         max_files="{{ params.max_files }}",
         marker="{{ params.marker }}",
         batch_size="{{ params.batch_size }}",
+        max_batches="{{ params.max_batches }}",
         # Also when wait was skipped (nothing new): files this run (cleared) or a failed run
         # left in staging are still processed.
         trigger_rule=TriggerRule.NONE_FAILED,
@@ -120,14 +132,14 @@ with DAG(
         quarantine_dir=QUARANTINE,
         workers="{{ params.workers }}",
         max_failed_files="{{ params.max_failed_files }}",
-        max_active_tis_per_dagrun=8,
+        max_active_tis_per_dagrun=PARALLEL_BATCHES,
     ).expand(files=ingest.output)
 
     validate = ValidateOperator.partial(
         task_id="validate",
         quarantine_dir=QUARANTINE,
         workers="{{ params.workers }}",
-        max_active_tis_per_dagrun=8,
+        max_active_tis_per_dagrun=PARALLEL_BATCHES,
     ).expand(results=pseudonymise.output)
 
     publish = PublishOperator(

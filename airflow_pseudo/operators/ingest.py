@@ -31,11 +31,16 @@ def split_batches(files: Sequence[str], batch_size: int, max_batches: int) -> li
     Split ``files`` into batches of ``batch_size``, enlarged so there are at most ``max_batches``.
 
     :param files: The files, in order.
-    :param batch_size: Files per batch.
-    :param max_batches: Upper bound on the number of batches (``[core] max_map_length``).
+    :param batch_size: Files per batch, at least.
+    :param max_batches: Upper bound on the number of batches.
     """
     size = max(int(batch_size), math.ceil(len(files) / max(max_batches, 1)), 1)
     return [list(files[i : i + size]) for i in range(0, len(files), size)]
+
+
+def _optional_int(value: int | str | None) -> int | None:
+    """Read an optional count that may arrive as a rendered template string."""
+    return None if value in (None, "", "None") else int(value)
 
 
 class IngestOperator(BaseOperator):
@@ -78,8 +83,11 @@ class IngestOperator(BaseOperator):
     :param max_files: Hold at most this many files; the rest wait for the next run (their count is
         logged). Defaults to ``None`` (no cap). (templated)
     :param marker: Name of a file that must exist in ``incoming_dir`` first. (templated)
-    :param batch_size: Return batches of this many files (enlarged to stay within
-        ``[core] max_map_length``) instead of a flat list. (templated)
+    :param batch_size: Return batches of at least this many files instead of a flat list:
+        enlarged so that there are at most ``max_batches`` of them. (templated)
+    :param max_batches: With ``batch_size``, the most batches to return, e.g. as many as the
+        mapped tasks that may run at once, so that one wave of tasks handles the run. Never more
+        than ``[core] max_map_length``. Defaults to ``None`` (only that limit). (templated)
     :param pseudo_conn_id: The ``pseudo`` connection checked before claiming; ``None`` skips the
         check. Defaults to ``pseudo_default``. (templated)
     :param adopt_orphans: Adopt the files left in the staging folders of runs that are over.
@@ -95,6 +103,7 @@ class IngestOperator(BaseOperator):
         "max_files",
         "marker",
         "batch_size",
+        "max_batches",
         "pseudo_conn_id",
     )
     ui_color = "#fcf3cf"
@@ -110,6 +119,7 @@ class IngestOperator(BaseOperator):
         max_files: int | str | None = None,
         marker: str | None = None,
         batch_size: int | str | None = None,
+        max_batches: int | str | None = None,
         pseudo_conn_id: str | None = PseudoHook.default_conn_name,
         adopt_orphans: bool = True,
         **kwargs: Any,
@@ -123,6 +133,7 @@ class IngestOperator(BaseOperator):
         self.max_files = max_files
         self.marker = marker
         self.batch_size = batch_size
+        self.max_batches = max_batches
         self.pseudo_conn_id = pseudo_conn_id
         self.adopt_orphans = adopt_orphans
 
@@ -140,10 +151,14 @@ class IngestOperator(BaseOperator):
         try:
             settle_seconds = float(self.settle_seconds)
             min_files = int(self.min_files)
-            max_files = int(self.max_files) if self.max_files not in (None, "", "None") else None
-            batch_size = int(self.batch_size) if self.batch_size not in (None, "", "None") else None
+            max_files = _optional_int(self.max_files)
+            batch_size = _optional_int(self.batch_size)
+            max_batches = _optional_int(self.max_batches)
         except (TypeError, ValueError) as exc:
             raise AirflowFailException(f"Invalid ingest option: {exc}") from exc
+        for name, count in (("batch_size", batch_size), ("max_batches", max_batches)):
+            if count is not None and count < 1:
+                raise AirflowFailException(f"Invalid ingest option: {name} must be at least 1")
         self.check_connection()
         incoming, staging = self.check_folders()
 
@@ -193,8 +208,9 @@ class IngestOperator(BaseOperator):
             raise AirflowSkipException("No file to process: nothing settled or all taken")
         if batch_size is None:
             return files
-        max_batches = conf.getint("core", "max_map_length", fallback=1024)
-        batches = split_batches(files, batch_size, max_batches)
+        max_map_length = conf.getint("core", "max_map_length", fallback=1024)
+        limit = max_map_length if max_batches is None else min(max_batches, max_map_length)
+        batches = split_batches(files, batch_size, limit)
         self.log.info("Split into %d batch(es) of <= %d file(s)", len(batches), len(batches[0]))
         return batches
 

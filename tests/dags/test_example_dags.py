@@ -352,3 +352,15 @@ def test_mapped_batches_stay_under_max_map_length():
     assert len(batches) == 3
     assert [f for b in batches for f in b] == files
     assert split_batches(files, 4, 1024) == [files[:4], files[4:8], files[8:]]
+
+
+def test_the_mapped_dag_sizes_its_batches_for_one_wave_of_tasks():
+    """By default 10,000 files make as many batches as may run at once, not two waves."""
+    from airflow_pseudo.operators.ingest import split_batches
+
+    dag = _dagbag().dags["dicom_pseudonymise_mapped"]
+    defaults = {name: dag.params[name] for name in ("batch_size", "max_batches")}
+    assert defaults == {"batch_size": 1000, "max_batches": 8}
+    assert dag.get_task("pseudonymise").max_active_tis_per_dagrun == 8
+    files = [f"{i:06d}.dcm" for i in range(10_000)]
+    assert [len(b) for b in split_batches(files, **defaults)] == [1250] * 8

@@ -112,6 +112,21 @@ class TestClaiming:
         batches = _op(tmp_path, batch_size="2").execute(_context())
         assert [len(b) for b in batches] == [2, 2, 1]
 
+    def test_batches_grow_to_stay_within_max_batches(self, tmp_path: Path):
+        """max_batches caps the number of mapped tasks: each batch takes more files instead."""
+        _incoming(tmp_path, 7)
+        batches = _op(tmp_path, batch_size="2", max_batches="2").execute(_context())
+        assert [len(b) for b in batches] == [4, 3]
+        assert len({f for b in batches for f in b}) == 7
+
+    @pytest.mark.parametrize("option", ["batch_size", "max_batches"])
+    def test_batch_counts_below_one_fail_before_any_move(self, tmp_path: Path, option: str):
+        files = _incoming(tmp_path, 3)
+        kwargs = {"batch_size": "2", option: "0"}
+        with pytest.raises(AirflowFailException, match=f"{option} must be at least 1"):
+            _op(tmp_path, **kwargs).execute(_context())
+        assert all(f.exists() for f in files)
+
     def test_staging_on_another_file_system_is_refused(self, tmp_path: Path):
         """Claiming renames files: a staging folder on another device fails before any move."""
         shm = Path("/dev/shm")

@@ -297,3 +297,27 @@ def test_report_shows_the_seconds_each_file_took(tmp_path: Path, run: dict[str, 
 def test_report_without_a_connection_has_no_key_id(tmp_path: Path, run: dict[str, Any]):
     _publish(tmp_path, run, pseudo_conn_id=None).execute({})  # type: ignore[arg-type]
     assert json.loads((tmp_path / "published" / "report.json").read_text())["key_id"] is None
+
+
+def test_manifest_records_size_and_digest_of_files_larger_than_one_read(tmp_path: Path):
+    """An output bigger than publish's read size (1 MiB) is hashed whole, as sha256 sees it."""
+    data = os.urandom(2 * 1024 * 1024 + 12345)
+    output = tmp_path / "out" / "big.dcm"
+    output.parent.mkdir()
+    output.write_bytes(data)
+    source = tmp_path / "staging" / "000001.dcm"
+    source.parent.mkdir()
+    source.write_bytes(b"the original")
+    record = {"source": str(source), "output": str(output), "status": "ok", "problems": []}
+    PublishOperator(
+        task_id="publish",
+        results=[record],
+        destination=str(tmp_path / "published"),
+        output_root=str(output.parent),
+        input_root=str(source.parent),
+        pseudo_conn_id=None,
+    ).execute({})  # type: ignore[arg-type]
+    entry = _manifest(tmp_path / "published" / "manifest.jsonl")[0]
+    assert entry["size"] == len(data)
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "published" / "big.dcm").read_bytes() == data
