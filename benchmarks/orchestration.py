@@ -35,6 +35,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from airflow_pseudo.demo import XCOM_THRESHOLD_BYTES, stored_xcom, xcom_settings
 from benchmarks import settle
 from benchmarks.corpus import Corpus, build_ct
 from benchmarks.measure import BENCH_KEY
@@ -67,7 +68,9 @@ BEYOND_THE_CLI = (
     "the batches.",
     "Per-file records travel through XCom: every mapped `pseudonymise` task pushes its batch's "
     "records, every mapped `validate` task pulls them and pushes its own, and `publish` pulls all "
-    "of both (serialised to JSON and stored in the SQLite metadata database).",
+    "of both, serialised to JSON: values from the threshold on (a batch's records) are written "
+    "to files by Airflow's object-storage XCom backend, as the shipped deployments configure it, "
+    "which keeps their paths in the SQLite metadata database with the smaller values.",
     "`publish`: hashes (SHA-256) every validated output, links it into the run's publish folder "
     "(a local destination; an object store gets a copy through ObjectStoragePath), writes "
     "`manifest.jsonl` with one line per file and the run report, emits an Asset event, then "
@@ -103,6 +106,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=DEFAULT_MAX_BATCHES,
         help="mapped tasks at most, the DAG's max_batches param (%(default)s)",
+    )
+    parser.add_argument(
+        "--xcom-threshold",
+        type=int,
+        default=XCOM_THRESHOLD_BYTES,
+        help="XCom values of this many bytes or more go to files, as the shipped deployments "
+        "configure Airflow; -1: all in the database, Airflow's default (%(default)s)",
     )
     parser.add_argument(
         "--workers",
@@ -289,6 +299,8 @@ class DagResult:
     validate_counts: dict[str, int] = field(default_factory=dict)
     sources_match: bool = False
     xcom_bytes: dict[str, int] = field(default_factory=dict)
+    xcom_in_files: dict[str, int] = field(default_factory=dict)
+    xcom_values: dict[str, int] = field(default_factory=dict)
     published_files: int = 0
     archived_files: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -327,8 +339,13 @@ def dag_folders(data: Path) -> dict[str, str]:
     }
 
 
-def airflow_environment(home: Path, data: Path) -> dict[str, str]:
-    """An embedded Airflow as ``airflow_pseudo.demo`` configures it, with the benchmark key."""
+def airflow_environment(
+    home: Path, data: Path, xcom_threshold: int = XCOM_THRESHOLD_BYTES
+) -> dict[str, str]:
+    """An embedded Airflow as ``airflow_pseudo.demo`` configures it, with the benchmark key.
+
+    :param xcom_threshold: XCom values of this many bytes or more go to files; -1: none does.
+    """
     env = _environment()
     env.pop("AIRFLOW_PSEUDO_KEY", None)  # the connection is the one key
     env.update(
@@ -343,13 +360,20 @@ def airflow_environment(home: Path, data: Path) -> dict[str, str]:
             "AIRFLOW_CONN_PSEUDO_DEFAULT": json.dumps(
                 {"conn_type": "pseudo", "password": BENCH_KEY.decode(), "extra": {}}
             ),
+            **xcom_settings(home / "xcom", xcom_threshold),
         }
     )
     return env
 
 
 def run_dag(
-    data: Path, home: Path, files: int, batch_size: int, workers: int, max_batches: int
+    data: Path,
+    home: Path,
+    files: int,
+    batch_size: int,
+    workers: int,
+    max_batches: int,
+    xcom_threshold: int = XCOM_THRESHOLD_BYTES,
 ) -> DagResult:
     """Run the mapped DAG in a fresh subprocess with its own AIRFLOW_HOME; return its result."""
     home.mkdir(parents=True, exist_ok=True)
@@ -370,7 +394,7 @@ def run_dag(
         completed = subprocess.run(
             [sys.executable, "-m", "benchmarks.orchestration", "--run-dag", str(spec), str(result)],
             cwd=REPO_ROOT,
-            env=airflow_environment(home, data),
+            env=airflow_environment(home, data, xcom_threshold),
             stdout=stream,
             stderr=subprocess.STDOUT,
             check=False,
@@ -389,8 +413,17 @@ def run_dag(
     return out
 
 
-def _xcom_values(dag_run: Any, task_id: str) -> tuple[list[Any], int]:
-    """The task's ``return_value`` XCom, one value per map index, and its stored size."""
+@dataclass
+class _XCom:
+    """A task's ``return_value`` XCom: one value per map index, and how it was stored."""
+
+    values: list[Any]
+    json_bytes: int
+    in_files: int
+
+
+def _xcom_values(dag_run: Any, task_id: str) -> _XCom:
+    """Read the task's XCom as tasks pull it, following the backend's references to files."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
@@ -404,8 +437,9 @@ def _xcom_values(dag_run: Any, task_id: str) -> tuple[list[Any], int]:
             .all()
         )
         raw = [row.value for row in rows]
-    size = sum(len(v) if isinstance(v, str | bytes) else len(json.dumps(v)) for v in raw)
-    return [json.loads(v) if isinstance(v, str) else v for v in raw], size
+    values = [stored_xcom(value) for value in raw]
+    in_files = sum(isinstance(v, str) and v.lstrip('"').startswith("file://") for v in raw)
+    return _XCom(values, sum(len(json.dumps(v)) for v in values), in_files)
 
 
 def _flat(values: list[Any]) -> list[dict[str, Any]]:
@@ -491,14 +525,17 @@ def dag_child(spec_path: Path, result_path: Path) -> int:
     # Everything below is outside the timer.
     result.state = str(dag_run.state)
     result.tasks = _task_times(dag_run)
-    ingest, result.xcom_bytes["ingest"] = _xcom_values(dag_run, "ingest")
+    xcoms = {task: _xcom_values(dag_run, task) for task in ("ingest", "pseudonymise", "validate")}
+    for task, xcom in xcoms.items():
+        result.xcom_bytes[task] = xcom.json_bytes
+        result.xcom_in_files[task] = xcom.in_files
+        result.xcom_values[task] = len(xcom.values)
+    ingest = xcoms["ingest"].values
     batches = ingest[0] if ingest else []
     result.batches = len(batches)
     claimed = [path for batch in batches for path in batch]
     result.claimed = len(claimed)
-    pseudo_values, result.xcom_bytes["pseudonymise"] = _xcom_values(dag_run, "pseudonymise")
-    valid_values, result.xcom_bytes["validate"] = _xcom_values(dag_run, "validate")
-    pseudo, valid = _flat(pseudo_values), _flat(valid_values)
+    pseudo, valid = _flat(xcoms["pseudonymise"].values), _flat(xcoms["validate"].values)
     result.pseudonymise_records = len(pseudo)
     result.pseudonymise_sources = len({r["source"] for r in pseudo})
     result.pseudonymise_counts = _counts(pseudo)
@@ -568,6 +605,11 @@ def code_version() -> str:
 
 def _dag_workers(args: argparse.Namespace) -> int:
     return int(args.dag_workers or args.workers)
+
+
+def _threshold_text(args: argparse.Namespace) -> str:
+    threshold = int(args.xcom_threshold)
+    return "none: all in the database" if threshold < 0 else f"{threshold:,} bytes on"
 
 
 def _ratio(cli: CliResult, dag: DagResult) -> float | None:
@@ -701,8 +743,13 @@ def markdown(
         f"- XCom records match N: **{'yes' if dag.checks_passed else 'no'}**",
         f"- Published files: {dag.published_files}; archived inputs: {dag.archived_files}; "
         f"manifest summary: " + (", ".join(f"{k} {v}" for k, v in dag.manifest.items()) or "none"),
-        "- XCom stored: "
-        + ", ".join(f"{task} {size / 1e6:,.2f} MB" for task, size in dag.xcom_bytes.items()),
+        "- XCom values (JSON): "
+        + ", ".join(f"{task} {size / 1e6:,.2f} MB" for task, size in dag.xcom_bytes.items())
+        + f"; in files (object-storage XCom backend, values from {_threshold_text(args)}): "
+        + ", ".join(
+            f"{task} {dag.xcom_in_files.get(task, 0)} of {count}"
+            for task, count in dag.xcom_values.items()
+        ),
         "",
         "## What the DAG does beyond the CLI",
         "",
@@ -805,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log(f"round {number}: DAG {DAG_ID} with dag.test() ...")
             dag = run_dag(
                 root / "dag", root / "airflow-home", args.files, args.batch_size,
-                _dag_workers(args), args.max_batches,
+                _dag_workers(args), args.max_batches, args.xcom_threshold,
             )  # fmt: skip
             _log(
                 f"DAG: {dag.seconds:,.1f} s, state {dag.state or '-'}"

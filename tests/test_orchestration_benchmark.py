@@ -3,6 +3,8 @@
 It runs the real CLI and the real mapped DAG with ``dag.test()`` twice on 40 files in batches
 of at least 10, at most 3 of them, and checks the report's shape (both times, the verdict lines,
 the rounds, the XCom record counts), never the numbers: those depend on the machine and its load.
+Every XCom value goes through Airflow's object-storage backend (threshold 0), as a batch's records
+do in the shipped deployments.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def test_orchestration_benchmark_reports_both_times(tmp_path: Path) -> None:
             f"--files={FILES}",
             f"--batch-size={BATCH_SIZE}",
             f"--max-batches={MAX_BATCHES}",
+            "--xcom-threshold=0",
             "--settle=0",
             "--workers=1",
             "--dag-workers=2",
@@ -81,6 +84,10 @@ def test_orchestration_benchmark_reports_both_times(tmp_path: Path) -> None:
         f"({MAX_BATCHES} mapped batches)"
     ) in report
     assert "workers: CLI `--workers` 1, DAG `workers` param 2 per mapped task" in report
+    assert (
+        "in files (object-storage XCom backend, values from 0 bytes on): ingest 1 of 1, "
+        f"pseudonymise {MAX_BATCHES} of {MAX_BATCHES}, validate {MAX_BATCHES} of {MAX_BATCHES}"
+    ) in report
     assert "CPU:" in report
     assert "Python 3." in report
 

@@ -113,6 +113,19 @@ def test_dags_and_data_are_mounted(compose: dict[str, Any], common_env: dict[str
     assert data + "/incoming" not in targets and data + "/work" not in targets
 
 
+def test_large_xcom_values_go_to_the_shared_data_volume(common_env: dict[str, str]) -> None:
+    """Every worker reads and writes the batches' records in a folder all of them mount."""
+    from airflow_pseudo.demo import XCOM_BACKEND, XCOM_THRESHOLD_BYTES
+
+    assert common_env["AIRFLOW__CORE__XCOM_BACKEND"] == XCOM_BACKEND
+    assert int(common_env["AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_THRESHOLD"]) == (
+        XCOM_THRESHOLD_BYTES
+    )
+    folder = urlsplit(common_env["AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH"])
+    assert folder.scheme == "file"
+    assert folder.path.startswith(common_env["AIRFLOW_PSEUDO_DATA_DIR"] + "/")
+
+
 def test_celery_executor_postgres_and_redis(
     compose: dict[str, Any], common_env: dict[str, str]
 ) -> None:
