@@ -472,7 +472,9 @@ def _xcom_value(api: Api, run_id: str, task_id: str, map_index: int) -> Any:
         map_index=map_index,
     )
     value = entry["value"]
-    value = json.loads(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # JSON text, or a reference as it is
+            value = json.loads(value)
     if isinstance(value, str) and value.startswith("file://"):
         # The object-storage XCom backend's reference: the API shows where the value is.
         return json.loads(Path(value.removeprefix("file://")).read_text())
