@@ -33,7 +33,7 @@ def _sha256_of(path: Path | ObjectStoragePath) -> str:
 
 
 def _size_and_sha256(path: Path) -> tuple[int, str]:
-    """The size and SHA-256 of a local file, read unbuffered in one call when it fits a chunk.
+    """The size and SHA-256 of a local file, read unbuffered: whole in one read if it fits a chunk.
 
     A buffered handle, or :func:`hashlib.file_digest` (a fresh 256 KiB buffer per file), costs
     more than hashing a typical 40 KB instance does.
