@@ -84,41 +84,54 @@ def _load_or_create_key(path: Path) -> str:
     return key
 
 
+def embedded_settings(
+    home: Path, data_dir: Path, key: str, *, log_level: str = "WARNING"
+) -> dict[str, str]:
+    """The environment of an embedded Airflow: a private home, SQLite, this repo's dags, large
+    XCom values in files, and the ``pseudo_default`` connection holding ``key``."""
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(_dags_folder()),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": log_level,
+        "AIRFLOW_PSEUDO_DATA_DIR": str(data_dir),
+        "AIRFLOW_CONN_PSEUDO_DEFAULT": json.dumps(
+            {"conn_type": "pseudo", "password": key, "extra": {}}
+        ),
+        **xcom_settings(home / "xcom"),
+    }
+
+
 def configure_airflow(home: Path, data_dir: Path, key_file: Path) -> None:
     """Point Airflow at a private home, SQLite DB and this repo's dags; define the connection."""
     home.mkdir(parents=True, exist_ok=True)
     key = _load_or_create_key(key_file)
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(_dags_folder()),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("DEMO_LOG_LEVEL", "WARNING"),
-            "AIRFLOW_PSEUDO_DATA_DIR": str(data_dir),
-            "AIRFLOW_CONN_PSEUDO_DEFAULT": json.dumps(
-                {"conn_type": "pseudo", "password": key, "extra": {}}
-            ),
-            **xcom_settings(home / "xcom"),
-        }
-    )
+    log_level = os.environ.get("DEMO_LOG_LEVEL", "WARNING")
+    os.environ.update(embedded_settings(home, data_dir, key, log_level=log_level))
 
 
-def _xcom(dag_run: Any, task_id: str) -> Any:
+def stored_return_values(dag_run: Any, task_id: str) -> list[Any]:
+    """The task's ``return_value`` XCom as the database holds it, one value per map index."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = (
+        rows = (
             session.query(XComModel)
             .filter_by(
                 dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key="return_value"
             )
-            .one_or_none()
+            .order_by(XComModel.map_index)
+            .all()
         )
-        value = None if row is None else row.value
-    return None if value is None else stored_xcom(value)
+        return [row.value for row in rows]
+
+
+def _xcom(dag_run: Any, task_id: str) -> Any:
+    values = stored_return_values(dag_run, task_id)
+    return stored_xcom(values[0]) if values else None
 
 
 def _relative(path: str | None, root: Path) -> str:

@@ -35,7 +35,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from airflow_pseudo.demo import XCOM_THRESHOLD_BYTES, stored_xcom, xcom_settings
+from airflow_pseudo.demo import (
+    XCOM_THRESHOLD_BYTES,
+    embedded_settings,
+    stored_return_values,
+    stored_xcom,
+    xcom_settings,
+)
 from benchmarks import settle
 from benchmarks.corpus import Corpus, build_ct
 from benchmarks.measure import BENCH_KEY
@@ -348,21 +354,8 @@ def airflow_environment(
     """
     env = _environment()
     env.pop("AIRFLOW_PSEUDO_KEY", None)  # the connection is the one key
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-            "AIRFLOW_PSEUDO_DATA_DIR": str(data),
-            "AIRFLOW_CONN_PSEUDO_DEFAULT": json.dumps(
-                {"conn_type": "pseudo", "password": BENCH_KEY.decode(), "extra": {}}
-            ),
-            **xcom_settings(home / "xcom", xcom_threshold),
-        }
-    )
+    env.update(embedded_settings(home, data, BENCH_KEY.decode()))
+    env.update(xcom_settings(home / "xcom", xcom_threshold))
     return env
 
 
@@ -424,19 +417,7 @@ class _XCom:
 
 def _xcom_values(dag_run: Any, task_id: str) -> _XCom:
     """Read the task's XCom as tasks pull it, following the backend's references to files."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = (
-            session.query(XComModel)
-            .filter_by(
-                dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key="return_value"
-            )
-            .order_by(XComModel.map_index)
-            .all()
-        )
-        raw = [row.value for row in rows]
+    raw = stored_return_values(dag_run, task_id)
     values = [stored_xcom(value) for value in raw]
     in_files = sum(isinstance(v, str) and v.lstrip('"').startswith("file://") for v in raw)
     return _XCom(values, sum(len(json.dumps(v)) for v in values), in_files)
